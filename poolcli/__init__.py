@@ -1,0 +1,3 @@
+"""poolcli: offline batch work with transformer pooling models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from poolcli.app import main
+
+main()

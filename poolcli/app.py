@@ -1,0 +1,75 @@
+"""The root command: mounts one module per subcommand and maps typed errors to exit codes, in one place."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import traceback
+
+import typer
+
+from poolcli import __version__
+from poolcli.commands.embed import embed
+from poolcli.commands.inspect import inspect
+from poolcli.console import print_error
+from poolcli.errors import PoolcliError
+
+EX_USAGE = 64
+EX_SOFTWARE = 70
+
+app = typer.Typer(
+    name="poolcli",
+    help="Offline batch work with transformer pooling models: embed files of text into Parquet vectors.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.command("embed")(embed)
+app.command("inspect")(inspect)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"poolcli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """Offline batch work with transformer pooling models."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    # --debug may appear anywhere on the line; it only changes how failures are reported.
+    debug = "--debug" in args or os.environ.get("POOLCLI_DEBUG") == "1"
+    args = [a for a in args if a != "--debug"]
+    # A hang-up of the controlling terminal must not kill a cron or nohup'd batch job.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        # Typer reports usage errors itself and exits 2; sysexits says 64.
+        app(args=args, prog_name="poolcli", standalone_mode=True)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if code == 2:
+            code = EX_USAGE
+    except PoolcliError as exc:
+        if debug:
+            traceback.print_exc()
+        print_error(exc.message, exc.hint)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        print_error("interrupted")
+        code = 130
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print_error(f"internal error: {type(exc).__name__}: {first}", hint="rerun with --debug for the traceback")
+        code = EX_SOFTWARE
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,1 @@
+"""Thin Typer commands: parse options, build the run config, call the engine."""

@@ -1,0 +1,77 @@
+"""`poolcli inspect`: what poolcli resolved for a model, without loading its weights."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import typer
+
+from poolcli.commands import _options as o
+
+
+def inspect(
+    model: str = typer.Argument("default", help="Model directory or cached Hugging Face id ('default': the "
+                                               "bundled all-MiniLM-L6-v2)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+    config: o.ConfigPreset = None,
+    pooler_config: o.PoolerConfigOpt = None,
+    hf_overrides: o.HfOverrides = None,
+    convert: o.ConvertOpt = "auto",
+    max_model_len: o.MaxModelLen = None,
+) -> None:
+    """Show the architecture, tasks, pooling, normalisation, dimensions, maximum length and projector."""
+    from poolcli.config import RunConfig, parse_pooler_config
+    from poolcli.console import print_text
+    from poolcli.engine.plan import build_plan
+    from poolcli.engine.resolve import resolve_model
+
+    preset, preset_name = o.load_preset(config)
+    overrides = o.parse_hf_overrides(hf_overrides, preset)
+    resolved = resolve_model(None if model == "default" else model, hf_overrides=overrides,
+                             convert=convert, max_model_len=max_model_len)  # type: ignore[arg-type]
+    task = resolved.supported_tasks[0]
+    run = RunConfig(
+        task=task, inputs=(), output="", errors=None, model=model, preset=preset, preset_name=preset_name,
+        pooler_config=parse_pooler_config(o.parse_pooler_config_option(pooler_config), source="--pooler-config"),
+        hf_overrides=overrides,
+    )
+    plan = build_plan(run, resolved, task)
+    info: dict[str, Any] = {
+        "model": resolved.name,
+        "path": resolved.path,
+        "source": resolved.source,
+        "architecture": resolved.architecture,
+        "model_type": resolved.model_type,
+        "kind": "decoder" if resolved.is_decoder else "encoder",
+        "tasks": list(resolved.supported_tasks),
+        "default_task": task,
+        "pooling_type": plan.pooling.label,
+        "pooling_source": plan.pooling.source,
+        "normalize": plan.params.normalize,
+        "hidden_size": resolved.hidden_size,
+        "embedding_size": resolved.embedding_size,
+        "matryoshka": resolved.is_matryoshka,
+        "dimensions_allowed": (list(resolved.matryoshka_dimensions) if resolved.matryoshka_dimensions
+                               else (f"1..{resolved.embedding_size}" if resolved.is_matryoshka
+                                     else [resolved.embedding_size])),
+        "max_length": resolved.max_length,
+        "max_length_source": resolved.max_length_source,
+        "lower_case": resolved.do_lower_case,
+        "projector": [f"Dense({d.in_features}->{d.out_features}, {d.activation})" for d in resolved.dense],
+        "prompts": resolved.prompts,
+        "default_prompt_name": resolved.default_prompt_name,
+        "preset": preset_name,
+        "hf_overrides": resolved.hf_overrides,
+    }
+    if as_json:
+        print_text(json.dumps(info, indent=2))
+        return
+    width = max(len(k) for k in info)
+    lines = []
+    for key, value in info.items():
+        if value in (None, [], {}):
+            continue
+        shown = ", ".join(map(str, value)) if isinstance(value, list) else value
+        lines.append(f"{key.replace('_', ' '):<{width}}  {shown}")
+    print_text("\n".join(lines))

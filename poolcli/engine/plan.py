@@ -1,0 +1,194 @@
+"""The plan of a run: the model's resolution and the run config merged, in the design's precedence order.
+
+Precedence, highest first: explicit flags > --pooler-config > --config preset > Sentence-Transformers files of the
+model > the architecture's default.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from poolcli.config import PoolerConfig, PoolingParams, RunConfig, parse_pooler_config
+from poolcli.engine.resolve import ResolvedModel, StPooling
+from poolcli.errors import ConfigError, UsageError
+from poolcli.vocab import OnTooLong, PoolingTask, StPoolingMode, TruncationSide
+
+_SEQ_TO_MODE: dict[str, StPoolingMode] = {"CLS": "cls", "LAST": "lasttoken", "MEAN": "mean"}
+_MODE_TO_SEQ = {v: k for k, v in _SEQ_TO_MODE.items()}
+
+_COMMON_FIELDS = {"task", "pooling_type", "seq_pooling_type", "tok_pooling_type", "use_activation"}
+_TASK_FIELDS: dict[PoolingTask, set[str]] = {
+    "embed": _COMMON_FIELDS | {"normalize", "dimensions", "enable_chunked_processing", "max_embed_len"},
+    "token_embed": _COMMON_FIELDS | {"normalize", "dimensions"},
+    "classify": _COMMON_FIELDS | {"softmax", "activation", "logit_mean", "logit_sigma", "logit_bias", "logit_scale"},
+    "token_classify": _COMMON_FIELDS
+    | {"softmax", "activation", "logit_mean", "logit_sigma", "logit_bias", "logit_scale", "step_tag_id",
+       "returned_token_ids"},
+}
+
+
+class PoolingSpec(msgspec.Struct, frozen=True):
+    """Sequence pooling as Sentence-Transformers modes (CLS/LAST/MEAN are the modes cls/lasttoken/mean)."""
+
+    modes: tuple[StPoolingMode, ...]
+    include_prompt: bool = True
+    source: str = ""
+
+    @property
+    def label(self) -> str:
+        if len(self.modes) == 1 and self.include_prompt and self.modes[0] in _MODE_TO_SEQ:
+            return _MODE_TO_SEQ[self.modes[0]]
+        text = "+".join(self.modes)
+        return f"st:{text}" + ("" if self.include_prompt else " (prompt excluded)")
+
+
+class Plan(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything the engine needs to turn text into the task's output."""
+
+    model: ResolvedModel
+    task: PoolingTask
+    pooler: PoolerConfig
+    """The merged pooler config (canonical fields only)."""
+    pooling: PoolingSpec
+    params: PoolingParams
+    prompt: str | None
+    prompt_name: str | None
+    max_tokens: int
+    """Rows longer than this (special tokens included) are truncated or become error rows."""
+    truncation_side: TruncationSide
+    on_too_long: OnTooLong
+    lower_case: bool
+
+    def describe(self) -> dict[str, Any]:
+        """The resolved settings, as recorded in output metadata and shown by `inspect`."""
+        return {
+            "task": self.task,
+            "pooling": self.pooling.label,
+            "pooling_source": self.pooling.source,
+            "normalize": self.params.normalize,
+            "dimensions": self.params.dimensions,
+            "prompt": self.prompt,
+            "max_tokens": self.max_tokens,
+            "truncation_side": self.truncation_side,
+            "on_too_long": self.on_too_long,
+            "lower_case": self.lower_case,
+            "pooler_config": self.pooler.to_dict(),
+        }
+
+
+def check_fields_for_task(task: PoolingTask, data: dict[str, Any], *, source: str) -> None:
+    allowed = _TASK_FIELDS[task]
+    extra = sorted(k for k, v in data.items() if v is not None and k not in allowed and k in PoolerConfig.__struct_fields__)
+    if extra:
+        raise UsageError(
+            f"{source}: task {task!r} does not take {', '.join(extra)}",
+            hint=f"valid for {task}: {', '.join(sorted(allowed))}",
+        )
+
+
+def _preset_pooler(run: RunConfig, task: PoolingTask) -> PoolerConfig:
+    if run.preset is None or not run.preset.pooler:
+        return PoolerConfig()
+    source = f"preset {run.preset_name!r}"
+    check_fields_for_task(task, run.preset.pooler, source=source)
+    return parse_pooler_config(run.preset.pooler, source=source, error=ConfigError)
+
+
+def _st_layer(model: ResolvedModel) -> PoolerConfig:
+    return PoolerConfig(use_activation=model.st_normalize)
+
+
+def _pooling_spec(merged_seq: str | None, layers_seq: str | None, st: StPooling | None, model: ResolvedModel) -> PoolingSpec:
+    if layers_seq is not None:
+        return PoolingSpec(modes=(_SEQ_TO_MODE[layers_seq],), source="flags/pooler-config/preset")
+    if st is not None:
+        return PoolingSpec(modes=st.modes, include_prompt=st.include_prompt, source="Sentence-Transformers Pooling")
+    seq = merged_seq or model.default_pooling
+    return PoolingSpec(modes=(_SEQ_TO_MODE[seq],), source=f"architecture default ({model.architecture})")
+
+
+def resolve_prompt(run: RunConfig, model: ResolvedModel) -> tuple[str | None, str | None]:
+    if run.prompt is not None:
+        return run.prompt, None
+    prompts = dict(model.prompts)
+    default_name = model.default_prompt_name
+    if run.preset is not None:
+        prompts.update(run.preset.prompts)
+        default_name = run.preset.default_prompt_name or default_name
+    name = run.prompt_name or default_name
+    if name is None:
+        return None, None
+    if name not in prompts:
+        known = ", ".join(sorted(prompts)) or "none"
+        raise UsageError(f"unknown prompt name {name!r}; this model and preset define: {known}")
+    return prompts[name] or None, name
+
+
+def build_plan(run: RunConfig, model: ResolvedModel, task: PoolingTask) -> Plan:
+    if task not in model.supported_tasks:
+        raise UsageError(
+            f"model {model.name} ({model.architecture}) does not support {task!r}; it supports "
+            f"{', '.join(model.supported_tasks)}",
+            hint="--convert embed or --convert classify adapts a model to another task",
+        )
+    preset = _preset_pooler(run, task)
+    # Everything above the model's own files, merged highest first.
+    upper = run.pooler_flags.over(run.pooler_config).over(preset)
+    if upper.task is not None and upper.task != task:
+        raise UsageError(f"pooler config task {upper.task!r} contradicts the command ({task!r})")
+    merged = upper.over(_st_layer(model))
+    if merged.tok_pooling_type is not None and task in ("embed", "classify"):
+        raise UsageError(f"pooling type {merged.tok_pooling_type} is for token tasks; {task!r} takes CLS, LAST or MEAN")
+    pooling = _pooling_spec(merged.seq_pooling_type, upper.seq_pooling_type, model.st_pooling, model)
+
+    dimensions = merged.dimensions
+    if dimensions is not None and task in ("embed", "token_embed"):
+        _check_dimensions(dimensions, model)
+    normalize = True if merged.use_activation is None else merged.use_activation
+    params = PoolingParams(task=task, dimensions=dimensions, normalize=normalize,
+                           use_activation=True if merged.use_activation is None else merged.use_activation)
+
+    k = run.truncate_prompt_tokens
+    if k is None or k == -1:
+        max_tokens = model.max_length
+    elif k < -1 or k == 0:
+        raise UsageError(f"--truncate-prompt-tokens must be -1 or a positive number, got {k}")
+    elif k > model.max_length:
+        raise UsageError(
+            f"--truncate-prompt-tokens {k} is greater than the model maximum {model.max_length} "
+            f"({model.max_length_source}); request a smaller truncation size"
+        )
+    else:
+        max_tokens = k
+    prompt, prompt_name = resolve_prompt(run, model)
+    return Plan(
+        model=model,
+        task=task,
+        pooler=merged,
+        pooling=pooling,
+        params=params,
+        prompt=prompt,
+        prompt_name=prompt_name,
+        max_tokens=max_tokens,
+        truncation_side=run.truncation_side,
+        on_too_long=run.on_too_long,
+        lower_case=model.do_lower_case,
+    )
+
+
+def _check_dimensions(dimensions: int, model: ResolvedModel) -> None:
+    if not model.is_matryoshka:
+        raise UsageError(
+            f'model "{model.name}" does not support matryoshka representation; changing output dimensions would '
+            "give poor results",
+            hint="if it was trained with matryoshka loss, pass --hf-overrides '{\"is_matryoshka\": true}'",
+        )
+    if model.matryoshka_dimensions is not None and dimensions not in model.matryoshka_dimensions:
+        raise UsageError(
+            f"model {model.name!r} only supports matryoshka dimensions {list(model.matryoshka_dimensions)}, "
+            f"not {dimensions}"
+        )
+    if dimensions > model.embedding_size:
+        raise UsageError(f"--dimensions {dimensions} is larger than the model's vector ({model.embedding_size})")

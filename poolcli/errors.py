@@ -1,0 +1,70 @@
+"""Typed errors raised below the command layer; `poolcli.app` maps each to its exit code (sysexits)."""
+
+from __future__ import annotations
+
+
+class PoolcliError(Exception):
+    """Base of every error poolcli reports as a one-line message with a distinct exit code."""
+
+    exit_code = 70
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+class UsageError(PoolcliError):
+    """A flag or parameter is wrong for this task or model (EX_USAGE)."""
+
+    exit_code = 64
+
+
+class DataError(PoolcliError):
+    """The input as a whole cannot be used: wrong schema, missing column, error budget exceeded (EX_DATAERR)."""
+
+    exit_code = 65
+
+
+class NoInputError(PoolcliError):
+    """The input file or model directory does not exist or cannot be opened (EX_NOINPUT)."""
+
+    exit_code = 66
+
+
+class InternalError(PoolcliError):
+    """A bug or an unexpected failure inside poolcli or the model (EX_SOFTWARE)."""
+
+    exit_code = 70
+
+
+class CantCreateError(PoolcliError):
+    """The output cannot be created (EX_CANTCREAT)."""
+
+    exit_code = 73
+
+
+class OutputIOError(PoolcliError):
+    """Reading or writing failed at the operating-system level: disk full, EIO (EX_IOERR)."""
+
+    exit_code = 74
+
+
+class BusyError(PoolcliError):
+    """Another run holds the output (EX_TEMPFAIL)."""
+
+    exit_code = 75
+
+
+class ConfigError(PoolcliError):
+    """The model or configuration cannot be resolved or contradicts itself (EX_CONFIG)."""
+
+    exit_code = 78
+
+
+class Interrupted(PoolcliError):
+    """The run was stopped by a signal; nothing partial was committed."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"interrupted by signal {signum}")
+        self.exit_code = 128 + signum

@@ -1,0 +1,1 @@
+"""Streaming readers with per-row error capture, Arrow schemas, and atomic writers."""

@@ -1,0 +1,60 @@
+"""Arrow schemas and conversions: vectors go from numpy buffers into Arrow arrays without Python lists."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+from poolcli.errors import DataError
+from poolcli.vocab import OutputDType
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+_ARROW_FLOAT = {"float32": pa.float32(), "float16": pa.float16()}
+_NP_FLOAT = {"float32": np.float32, "float16": np.float16}
+
+
+def vector_array(vectors: NDArray[np.float32], dtype: OutputDType) -> pa.FixedSizeListArray:
+    """[n, d] float32 -> fixed_size_list<dtype>[d], sharing the numpy buffer when no cast is needed."""
+    n, d = vectors.shape
+    flat = np.ascontiguousarray(vectors, dtype=_NP_FLOAT[dtype]).reshape(n * d)
+    return pa.FixedSizeListArray.from_arrays(pa.array(flat, type=_ARROW_FLOAT[dtype]), d)
+
+
+def id_array(ids: list[Any], id_type: pa.DataType | None) -> pa.Array:
+    return pa.array(ids, type=id_type)
+
+
+class EmbedTableBuilder:
+    """Builds the embed output table per window; the first window fixes the schema of kept columns."""
+
+    def __init__(self, dim: int, dtype: OutputDType, keep_columns: tuple[str, ...], metadata: dict[bytes, bytes]):
+        self.dim = dim
+        self.dtype = dtype
+        self.keep_columns = keep_columns
+        self.metadata = metadata
+        self.schema: pa.Schema | None = None
+
+    def table(self, ids: list[Any], vectors: NDArray[np.float32], n_tokens: list[int], truncated: list[bool],
+              keep: dict[str, list[Any]]) -> pa.Table:
+        types = self.schema
+        arrays = [
+            pa.array(ids, type=types.field("id").type if types is not None else None),
+            vector_array(vectors, self.dtype),
+            pa.array(n_tokens, type=pa.int32()),
+            pa.array(truncated, type=pa.bool_()),
+        ]
+        names = ["id", "embedding", "n_tokens", "truncated"]
+        for col in self.keep_columns:
+            try:
+                arrays.append(pa.array(keep[col], type=types.field(col).type if types is not None else None))
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+                raise DataError(f"column {col!r} changes type within the input: {exc}") from None
+            names.append(col)
+        if self.schema is None:
+            fields = [pa.field(name, arr.type) for name, arr in zip(names, arrays, strict=True)]
+            self.schema = pa.schema(fields, metadata=self.metadata)
+        return pa.Table.from_arrays(arrays, schema=self.schema)

@@ -1,0 +1,39 @@
+"""Typed rows moving from the readers through the engine to the writers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from poolcli.vocab import ErrorCode
+
+
+class ErrorRow(msgspec.Struct, omit_defaults=True):
+    """One input row that produced no output, as written to the error file."""
+
+    id: Any
+    source: str
+    code: ErrorCode
+    message: str
+    line: int | None = None
+    """1-based line in a line-oriented file."""
+    row: int | None = None
+    """0-based row number in the input (all files, every row counted)."""
+
+
+class Block(msgspec.Struct):
+    """A run of consecutive input rows: the valid ones as parallel lists, the bad ones as error rows.
+
+    Blocks are cut by input row count, so their boundaries depend only on the input.
+    """
+
+    first_row: int
+    """Input row number of the block's first row."""
+    n_rows: int
+    """Input rows covered, valid and bad."""
+    rows: list[int] = msgspec.field(default_factory=list)
+    ids: list[Any] = msgspec.field(default_factory=list)
+    texts: list[str] = msgspec.field(default_factory=list)
+    keep: dict[str, list[Any]] = msgspec.field(default_factory=dict)
+    errors: list[ErrorRow] = msgspec.field(default_factory=list)

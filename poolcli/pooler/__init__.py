@@ -1,0 +1,1 @@
+"""Pure tensor code: pooling methods, heads and the task -> pooler dispatch."""
