@@ -119,6 +119,8 @@ class _Producer(threading.Thread):
 
 
 def run_embed(run: RunConfig, plan: Plan, source: Source, progress: Progress) -> Summary:
+    import torch
+
     from poolcli.engine.runner import ModelRunner, collate, load_projector
     from poolcli.pooler.dispatch import EmbedPooler
 
@@ -187,8 +189,9 @@ def run_embed(run: RunConfig, plan: Plan, source: Source, progress: Progress) ->
             lengths = [len(encoded[i].ids) for i in keep_idx]
             for batch in cut_batches(lengths, max_tokens=budget, max_rows=run.max_batch_size):
                 ids, mask = collate([encoded[keep_idx[j]].ids for j in batch], encoder.pad_id)
-                hidden = runner.hidden_states(ids, mask)
-                pooled = pooler(hidden, mask.to(runner.device))
+                with torch.inference_mode():
+                    hidden = runner.hidden_states(ids, mask)
+                    pooled = pooler(hidden, mask.to(runner.device))
                 vectors[batch] = pooled.float().cpu().numpy()
                 summary.batches += 1
                 summary.padded_tokens += ids.numel()

@@ -116,7 +116,7 @@ def load_projector(root: Path, specs: Sequence[DenseSpec]) -> nn.Module | None:
         missing, unexpected = dense.load_state_dict(mapped, strict=False)
         if missing:
             raise ConfigError(f"{root / spec.path}: Dense weights lack {', '.join(missing)}")
-        layers.append(dense.float().eval())
+        layers.append(dense.float().eval().requires_grad_(False))
     return nn.Sequential(*layers)
 
 

@@ -1,0 +1,137 @@
+"""Bad rows cost only themselves; bad flags and configs give one-line messages and the design's exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import read_vectors, run_cli, summary_of
+
+
+def test_bad_input_table(tmp_path: Path) -> None:
+    lines = [
+        b'{"id": "a", "text": "first good row"}',
+        b'{"id": "b", "text": "broken json',
+        b'["not", "an", "object"]',
+        b'{"id": "c"}',
+        b'{"id": "d", "text": 42}',
+        b'{"id": "e", "text": "   "}',
+        b'{"id": "f", "text": "bad \xff\xfe utf8"}',
+        b"",
+        b'{"id": "g", "text": null}',
+        b'{"id": "h", "text": "second good row"}',
+        b'{"id": 7, "text": "id of another type"}',
+        b'{"id": "i", "text": "last good row, no newline"}',
+    ]
+    src = tmp_path / "bad.jsonl"
+    src.write_bytes(b"\n".join(lines))  # no final newline
+    out, errs = tmp_path / "out.parquet", tmp_path / "errors.jsonl"
+    proc = run_cli("embed", src, "-o", out, "--errors", errs)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    ids, vectors = read_vectors(out)
+    assert ids == ["a", "h", "i"]
+    assert vectors.shape == (3, 384)
+    errors = [json.loads(line) for line in errs.read_text().splitlines()]
+    got = [(e["line"], e["code"]) for e in errors]
+    assert got == [
+        (2, "INVALID_JSON"),
+        (3, "NOT_OBJECT"),
+        (4, "MISSING_FIELD"),
+        (5, "WRONG_TYPE"),
+        (6, "EMPTY_TEXT"),
+        (7, "INVALID_UTF8"),
+        (9, "MISSING_FIELD"),
+        (11, "WRONG_TYPE"),
+    ]
+    assert [e["id"] for e in errors] == [None, None, "c", "d", "e", None, "g", 7]
+    assert all(e["source"] == str(src) and e["message"] for e in errors)
+    rows = sorted([e["row"] for e in errors])
+    assert rows == [1, 2, 3, 4, 5, 6, 7, 9]  # the blank line is not a row
+    summary = summary_of(proc)
+    assert summary["rows_in"] == 11 and summary["rows_out"] == 3 and summary["errors"] == 8
+
+
+def _one_line_error(proc, code: int) -> str:  # type: ignore[no-untyped-def]
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def one_row(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("in") / "one.jsonl"
+    path.write_text('{"text": "hello"}\n')
+    return path
+
+
+def test_dimensions_on_non_matryoshka_model(one_row: Path, tmp_path: Path) -> None:
+    line = _one_line_error(run_cli("embed", one_row, "-o", tmp_path / "o.parquet", "--dimensions", "128"), 64)
+    assert "matryoshka" in line
+    assert not (tmp_path / "o.parquet").exists()
+
+
+def test_invalid_parameter_for_task(one_row: Path, tmp_path: Path) -> None:
+    line = _one_line_error(
+        run_cli("embed", one_row, "-o", tmp_path / "o.parquet", "--pooler-config", '{"logit_mean": 0.5}'), 64)
+    assert "logit_mean" in line and "dimensions" in line
+
+
+def test_unknown_pooling_type(one_row: Path, tmp_path: Path) -> None:
+    line = _one_line_error(run_cli("embed", one_row, "-o", tmp_path / "o.parquet", "--pooling-type", "MAXX"), 64)
+    assert "MAXX" in line and "CLS" in line
+
+
+def test_unknown_pooler_config_field(one_row: Path, tmp_path: Path) -> None:
+    line = _one_line_error(
+        run_cli("embed", one_row, "-o", tmp_path / "o.parquet", "--pooler-config", '{"pooling": "MEAN"}'), 64)
+    assert "pooling" in line
+
+
+def test_dimensions_larger_than_vector(one_row: Path, tmp_path: Path) -> None:
+    line = _one_line_error(run_cli("embed", one_row, "-o", tmp_path / "o.parquet", "--dimensions", "1000",
+                                   "--hf-overrides", '{"is_matryoshka": true}'), 64)
+    assert "384" in line
+
+
+def test_unknown_option_is_usage_error(one_row: Path) -> None:
+    proc = run_cli("embed", one_row, "--no-such-flag")
+    assert proc.returncode == 64
+
+
+def test_missing_input(tmp_path: Path) -> None:
+    line = _one_line_error(run_cli("embed", tmp_path / "nope.jsonl"), 66)
+    assert "nope.jsonl" in line
+
+
+def test_missing_model(one_row: Path, tmp_path: Path) -> None:
+    line = _one_line_error(run_cli("embed", one_row, "--model", "no-such-org/no-such-model"), 66)
+    assert "local Hugging Face cache" in line
+
+
+def test_missing_text_column_in_parquet(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"body": ["x"]}), tmp_path / "in.parquet")
+    line = _one_line_error(run_cli("embed", tmp_path / "in.parquet"), 65)
+    assert "'text'" in line and "body" in line
+
+
+def test_unknown_preset(one_row: Path) -> None:
+    line = _one_line_error(run_cli("embed", one_row, "--config", "nonexistent"), 64)
+    assert "e5" in line  # the known presets are listed
+
+
+def test_bad_truncate_prompt_tokens(one_row: Path) -> None:
+    line = _one_line_error(run_cli("embed", one_row, "--truncate-prompt-tokens", "100000"), 64)
+    assert "256" in line
+
+
+def test_output_in_unwritable_place(one_row: Path) -> None:
+    line = _one_line_error(run_cli("embed", one_row, "-o", "/proc/poolcli/out.parquet"), 73)
+    assert "/proc/poolcli" in line

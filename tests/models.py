@@ -1,0 +1,98 @@
+"""Tiny random-weight models, built and saved with transformers (and sentence-transformers) by the tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+WORDS = (
+    "the a an of to and in is it that for on with as was at by be this are from or have not but what all were "
+    "when we there can more if no out so said up about time would into has one two three four five six seven "
+    "cat dog fox jumps over lazy quick brown red blue green city river capital france paris berlin model "
+    "text vector query passage document hello world batch row rows data file long short very word"
+).split()
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def _wordpiece_vocab() -> list[str]:
+    chars = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [str(d) for d in range(10)] + list(".,!?;:'\"-")
+    return SPECIAL + chars + ["##" + c for c in chars] + WORDS
+
+
+def save_bert_tokenizer(path: Path, model_max_length: int = 128) -> int:
+    from transformers import BertTokenizerFast
+
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = _wordpiece_vocab()
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True,
+                            model_max_length=model_max_length)
+    tok.save_pretrained(str(path))
+    return len(vocab)
+
+
+def build_bert(path: Path, *, seed: int = 0, hidden: int = 32, max_positions: int = 128,
+               extra_config: dict | None = None, arch: str = "BertModel") -> Path:
+    from transformers import BertConfig, BertModel
+
+    vocab_size = save_bert_tokenizer(path, model_max_length=max_positions)
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=hidden * 2, max_position_embeddings=max_positions)
+    model = BertModel(config).eval()
+    model.save_pretrained(str(path))
+    if extra_config:
+        cfg = json.loads((path / "config.json").read_text())
+        cfg.update(extra_config)
+        (path / "config.json").write_text(json.dumps(cfg, indent=2))
+    return path
+
+
+def build_qwen3(path: Path, *, seed: int = 0, hidden: int = 32) -> Path:
+    """A tiny Qwen3ForCausalLM whose tokenizer appends an EOS token, as Qwen3-Embedding's does."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+    path.mkdir(parents=True, exist_ok=True)
+    vocab_list = ["<pad>", "<unk>", "<eos>"] + _wordpiece_vocab()[len(SPECIAL):]
+    vocab = {tok: i for i, tok in enumerate(vocab_list)}
+    backend = Tokenizer(models.WordPiece(vocab=vocab, unk_token="<unk>"))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    eos = vocab["<eos>"]
+    backend.post_processor = processors.TemplateProcessing(single="$A <eos>", special_tokens=[("<eos>", eos)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", pad_token="<pad>",
+                                  unk_token="<unk>", model_max_length=256)
+    tok.save_pretrained(str(path))
+    torch.manual_seed(seed)
+    config = Qwen3Config(vocab_size=len(vocab_list), hidden_size=hidden, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=8, intermediate_size=hidden * 2,
+                         max_position_embeddings=256, pad_token_id=0, eos_token_id=eos, tie_word_embeddings=True)
+    model = Qwen3ForCausalLM(config).eval()
+    model.save_pretrained(str(path))
+    return path
+
+
+def build_st(path: Path, body: Path, *, pooling_mode: str | list[str] = "mean", include_prompt: bool = True,
+             dense: list[tuple[int, str]] | None = None, normalize: bool = True,
+             prompts: dict[str, str] | None = None, max_seq_length: int | None = None, seed: int = 0) -> Path:
+    """A Sentence-Transformers model in the current (ST >= 5.4) layout, saved by the installed library."""
+    from sentence_transformers import SentenceTransformer, models
+    from torch import nn
+
+    torch.manual_seed(seed)
+    transformer = models.Transformer(str(body), max_seq_length=max_seq_length)
+    dim = transformer.get_embedding_dimension()
+    modules: list[nn.Module] = [transformer, models.Pooling(dim, pooling_mode=pooling_mode,
+                                                            include_prompt=include_prompt)]
+    width = modules[1].get_embedding_dimension()
+    for out, act in dense or []:
+        activation = {"tanh": nn.Tanh(), "identity": nn.Identity(), "relu": nn.ReLU()}[act]
+        modules.append(models.Dense(width, out, activation_function=activation))
+        width = out
+    if normalize:
+        modules.append(models.Normalize())
+    st = SentenceTransformer(modules=modules, device="cpu", prompts=prompts or {})
+    st.save(str(path))
+    return path
