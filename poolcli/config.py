@@ -25,9 +25,7 @@ from poolcli.vocab import (
     OnTooLong,
     OutputDType,
     PoolingTask,
-    SeqPoolingType,
     Task,
-    TokPoolingType,
     TruncationSide,
 )
 
@@ -84,9 +82,7 @@ class PoolerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
                     raise ValueError("Cannot set both `pooling_type` and `tok_pooling_type`")
                 tok = kind
             else:
-                raise ValueError(
-                    f"unknown pooling type {self.pooling_type!r}; valid types: {', '.join(POOLING_TYPES)}"
-                )
+                raise ValueError(f"unknown pooling type {self.pooling_type!r}; valid types: {', '.join(POOLING_TYPES)}")
         if seq is not None:
             seq = seq.upper()
             if seq not in SEQ_POOLING_TYPES:
@@ -107,13 +103,17 @@ class PoolerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
         mean, sigma = self.logit_mean, self.logit_sigma
         if self.logit_bias is not None:
             if mean is not None:
-                raise ValueError("Cannot set both `logit_bias` and `logit_mean`. `logit_bias` is deprecated, "
-                                 "use `logit_mean` instead.")
+                raise ValueError(
+                    "Cannot set both `logit_bias` and `logit_mean`. `logit_bias` is deprecated, "
+                    "use `logit_mean` instead."
+                )
             mean = self.logit_bias
         if self.logit_scale is not None:
             if sigma is not None:
-                raise ValueError("Cannot set both `logit_scale` and `logit_sigma`. `logit_scale` is deprecated, "
-                                 "use `logit_sigma` instead.")
+                raise ValueError(
+                    "Cannot set both `logit_scale` and `logit_sigma`. `logit_scale` is deprecated, "
+                    "use `logit_sigma` instead."
+                )
             if self.logit_scale == 0:
                 raise ValueError("logit_scale cannot be 0 (division by zero)")
             sigma = 1.0 / self.logit_scale
@@ -151,7 +151,9 @@ class PoolerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
         return msgspec.to_builtins(self)  # type: ignore[no-any-return]
 
 
-def parse_pooler_config(data: Mapping[str, Any], *, source: str, error: type[PoolcliError] = UsageError) -> PoolerConfig:
+def parse_pooler_config(
+    data: Mapping[str, Any], *, source: str, error: type[PoolcliError] = UsageError
+) -> PoolerConfig:
     """Decode and canonicalise a pooler config; any problem is a one-line `error` naming `source`."""
     try:
         raw = msgspec.convert(dict(data), PoolerConfig)
@@ -204,9 +206,7 @@ def check_task_parameters(task: PoolingTask, given: Mapping[str, object]) -> Non
     valid = VALID_PARAMETERS[task]
     invalid = sorted(k for k, v in given.items() if v is not None and k not in valid)
     if invalid:
-        raise UsageError(
-            f"task {task!r} only supports {', '.join(valid)}; {', '.join(invalid)} is not valid for it"
-        )
+        raise UsageError(f"task {task!r} only supports {', '.join(valid)}; {', '.join(invalid)} is not valid for it")
 
 
 class Preset(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

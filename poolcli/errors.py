@@ -13,6 +13,9 @@ class PoolcliError(Exception):
         self.message = message
         self.hint = hint
 
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
 
 class UsageError(PoolcliError):
     """A flag or parameter is wrong for this task or model (EX_USAGE)."""

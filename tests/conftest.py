@@ -18,14 +18,23 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_cli(*args: str | Path, stdin: bytes | None = None, cwd: Path | None = None,
-            env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str | Path,
+    stdin: bytes | None = None,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess[str]:
     """The real command line, in a subprocess, with stderr not a terminal."""
     full_env = dict(os.environ, HF_HUB_OFFLINE="1", **(env or {}))
     return subprocess.run(
         [sys.executable, "-m", "poolcli", *map(str, args)],
         input=stdin.decode() if stdin is not None else None,
-        capture_output=True, text=True, cwd=cwd, env=full_env, timeout=timeout,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=full_env,
+        timeout=timeout,
     )
 
 
@@ -58,8 +67,15 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a64 * b64).sum(1) / (np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1))
 
 
-def hf_reference(model_dir: Path, texts: Sequence[str], *, pooling: str, normalize: bool = True,
-                 max_length: int | None = None, dims: int | None = None) -> np.ndarray:
+def hf_reference(
+    model_dir: Path,
+    texts: Sequence[str],
+    *,
+    pooling: str,
+    normalize: bool = True,
+    max_length: int | None = None,
+    dims: int | None = None,
+) -> np.ndarray:
     """Plain transformers, one text at a time (no padding at all): the reference poolcli must equal."""
     import torch
     import torch.nn.functional as F

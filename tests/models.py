@@ -26,20 +26,34 @@ def save_bert_tokenizer(path: Path, model_max_length: int = 128) -> int:
 
     path.mkdir(parents=True, exist_ok=True)
     vocab = _wordpiece_vocab()
-    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True,
-                            model_max_length=model_max_length)
+    tok = BertTokenizerFast(
+        vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True, model_max_length=model_max_length
+    )
     tok.save_pretrained(str(path))
     return len(vocab)
 
 
-def build_bert(path: Path, *, seed: int = 0, hidden: int = 32, max_positions: int = 128,
-               extra_config: dict | None = None, arch: str = "BertModel") -> Path:
+def build_bert(
+    path: Path,
+    *,
+    seed: int = 0,
+    hidden: int = 32,
+    max_positions: int = 128,
+    extra_config: dict | None = None,
+    arch: str = "BertModel",
+) -> Path:
     from transformers import BertConfig, BertModel
 
     vocab_size = save_bert_tokenizer(path, model_max_length=max_positions)
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=hidden * 2, max_position_embeddings=max_positions)
+    config = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=hidden * 2,
+        max_position_embeddings=max_positions,
+    )
     model = BertModel(config).eval()
     model.save_pretrained(str(path))
     if extra_config:
@@ -55,28 +69,52 @@ def build_qwen3(path: Path, *, seed: int = 0, hidden: int = 32) -> Path:
     from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
     path.mkdir(parents=True, exist_ok=True)
-    vocab_list = ["<pad>", "<unk>", "<eos>"] + _wordpiece_vocab()[len(SPECIAL):]
+    vocab_list = ["<pad>", "<unk>", "<eos>"] + _wordpiece_vocab()[len(SPECIAL) :]
     vocab = {tok: i for i, tok in enumerate(vocab_list)}
     backend = Tokenizer(models.WordPiece(vocab=vocab, unk_token="<unk>"))
     backend.normalizer = normalizers.BertNormalizer(lowercase=True)
     backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     eos = vocab["<eos>"]
     backend.post_processor = processors.TemplateProcessing(single="$A <eos>", special_tokens=[("<eos>", eos)])
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", pad_token="<pad>",
-                                  unk_token="<unk>", model_max_length=256)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        model_max_length=256,
+    )
     tok.save_pretrained(str(path))
     torch.manual_seed(seed)
-    config = Qwen3Config(vocab_size=len(vocab_list), hidden_size=hidden, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=8, intermediate_size=hidden * 2,
-                         max_position_embeddings=256, pad_token_id=0, eos_token_id=eos, tie_word_embeddings=True)
+    config = Qwen3Config(
+        vocab_size=len(vocab_list),
+        hidden_size=hidden,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        intermediate_size=hidden * 2,
+        max_position_embeddings=256,
+        pad_token_id=0,
+        eos_token_id=eos,
+        tie_word_embeddings=True,
+    )
     model = Qwen3ForCausalLM(config).eval()
     model.save_pretrained(str(path))
     return path
 
 
-def build_st(path: Path, body: Path, *, pooling_mode: str | list[str] = "mean", include_prompt: bool = True,
-             dense: list[tuple[int, str]] | None = None, normalize: bool = True,
-             prompts: dict[str, str] | None = None, max_seq_length: int | None = None, seed: int = 0) -> Path:
+def build_st(
+    path: Path,
+    body: Path,
+    *,
+    pooling_mode: str | list[str] = "mean",
+    include_prompt: bool = True,
+    dense: list[tuple[int, str]] | None = None,
+    normalize: bool = True,
+    prompts: dict[str, str] | None = None,
+    max_seq_length: int | None = None,
+    seed: int = 0,
+) -> Path:
     """A Sentence-Transformers model in the current (ST >= 5.4) layout, saved by the installed library."""
     from sentence_transformers import SentenceTransformer, models
     from torch import nn
@@ -84,8 +122,10 @@ def build_st(path: Path, body: Path, *, pooling_mode: str | list[str] = "mean", 
     torch.manual_seed(seed)
     transformer = models.Transformer(str(body), max_seq_length=max_seq_length)
     dim = transformer.get_embedding_dimension()
-    modules: list[nn.Module] = [transformer, models.Pooling(dim, pooling_mode=pooling_mode,
-                                                            include_prompt=include_prompt)]
+    modules: list[nn.Module] = [
+        transformer,
+        models.Pooling(dim, pooling_mode=pooling_mode, include_prompt=include_prompt),
+    ]
     width = modules[1].get_embedding_dimension()
     for out, act in dense or []:
         activation = {"tanh": nn.Tanh(), "identity": nn.Identity(), "relu": nn.ReLU()}[act]

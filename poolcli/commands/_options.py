@@ -18,79 +18,177 @@ _POOL = "Pooling"
 _IO = "Input and output"
 _RUN = "Run"
 
-Output = Annotated[str | None, typer.Option(
-    "--output", "-o", help="Output: a .parquet file, a directory (trailing '/') for part files, or '-' for JSONL "
-    "on stdout. Default: <input stem>.<task>.parquet next to the input.", rich_help_panel=_IO)]
-Errors = Annotated[str | None, typer.Option(
-    "--errors", help="Error-row file (JSONL: id, source, line/row, code, message). Default: beside the output, "
-    "written only when a row fails.", rich_help_panel=_IO)]
-TextField = Annotated[str, typer.Option("--text-field", help="Column or key holding the text.",
-                                        rich_help_panel=_IO)]
-IdField = Annotated[str | None, typer.Option(
-    "--id-field", help="Column or key holding the row id. Default: 'id' if present, else the row number.",
-    rich_help_panel=_IO)]
-KeepColumns = Annotated[str | None, typer.Option(
-    "--keep-columns", help="Comma-separated input columns copied to the output.", rich_help_panel=_IO)]
-OutputDTypeOpt = Annotated[OutputDType, typer.Option(
-    "--output-dtype", help="Element type of stored vectors.",
-    rich_help_panel=_IO)]
+Output = Annotated[
+    str | None,
+    typer.Option(
+        "--output",
+        "-o",
+        help="Output: a .parquet file, a directory (trailing '/') for part files, or '-' for JSONL "
+        "on stdout. Default: <input stem>.<task>.parquet next to the input.",
+        rich_help_panel=_IO,
+    ),
+]
+Errors = Annotated[
+    str | None,
+    typer.Option(
+        "--errors",
+        help="Error-row file (JSONL: id, source, line/row, code, message). Default: beside the output, "
+        "written only when a row fails.",
+        rich_help_panel=_IO,
+    ),
+]
+TextField = Annotated[str, typer.Option("--text-field", help="Column or key holding the text.", rich_help_panel=_IO)]
+IdField = Annotated[
+    str | None,
+    typer.Option(
+        "--id-field",
+        help="Column or key holding the row id. Default: 'id' if present, else the row number.",
+        rich_help_panel=_IO,
+    ),
+]
+KeepColumns = Annotated[
+    str | None,
+    typer.Option("--keep-columns", help="Comma-separated input columns copied to the output.", rich_help_panel=_IO),
+]
+OutputDTypeOpt = Annotated[
+    OutputDType, typer.Option("--output-dtype", help="Element type of stored vectors.", rich_help_panel=_IO)
+]
 
-ModelOpt = Annotated[str | None, typer.Option(
-    "--model", "-m", help="Model directory or Hugging Face id in the local cache. Default: the bundled "
-    "all-MiniLM-L6-v2.", rich_help_panel=_MODEL)]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Model directory or Hugging Face id in the local cache. Default: the bundled all-MiniLM-L6-v2.",
+        rich_help_panel=_MODEL,
+    ),
+]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.", rich_help_panel=_MODEL)]
-DTypeOpt = Annotated[DType, typer.Option(
-    "--dtype", help="Model compute dtype (auto: float32 on CPU, bfloat16 on GPUs "
-    "that have it). Heads always run in float32.", rich_help_panel=_MODEL)]
-HfOverrides = Annotated[str | None, typer.Option(
-    "--hf-overrides", help="JSON object (or .json/.toml file) merged onto config.json, e.g. "
-    "'{\"is_matryoshka\": true}'.", rich_help_panel=_MODEL)]
-ConvertOpt = Annotated[Convert, typer.Option(
-    "--convert", help="Adapt a generative model to a pooling task.",
-    rich_help_panel=_MODEL)]
-TrustRemoteCode = Annotated[bool, typer.Option("--trust-remote-code", help="Allow model code from the model "
-                                                "directory.", rich_help_panel=_MODEL)]
-MaxModelLen = Annotated[int | None, typer.Option(
-    "--max-model-len", help="Model maximum in tokens when the model files give none (or a smaller cap).",
-    rich_help_panel=_MODEL)]
-ConfigPreset = Annotated[str | None, typer.Option(
-    "--config", help="Preset name from configs/ (e.g. e5, bge, qwen3-embedding) or a .toml file.",
-    rich_help_panel=_POOL)]
-PoolerConfigOpt = Annotated[str | None, typer.Option(
-    "--pooler-config", help="Pooler config as a JSON object or a .json/.toml file.", rich_help_panel=_POOL)]
-PoolingTypeOpt = Annotated[str | None, typer.Option(
-    "--pooling-type", help=f"One of {', '.join(POOLING_TYPES)} (any case).", rich_help_panel=_POOL)]
-Prompt = Annotated[str | None, typer.Option(
-    "--prompt", help="Literal prefix added to every text, e.g. 'query: '.", rich_help_panel=_POOL)]
-PromptName = Annotated[str | None, typer.Option(
-    "--prompt-name", help="A named prompt from the preset or the model's Sentence-Transformers config.",
-    rich_help_panel=_POOL)]
-TruncatePromptTokens = Annotated[int | None, typer.Option(
-    "--truncate-prompt-tokens", help="Keep at most K tokens, special tokens included (-1: the model maximum).",
-    rich_help_panel=_POOL)]
-TruncationSideOpt = Annotated[TruncationSide, typer.Option(
-    "--truncation-side", help="Which end of a too-long text is cut "
-    "(the special tokens are kept either way).", rich_help_panel=_POOL)]
-OnTooLongOpt = Annotated[OnTooLong, typer.Option(
-    "--on-too-long", help="Truncate too-long texts (flagged in the "
-    "'truncated' column) or make them TOO_LONG error rows.", rich_help_panel=_POOL)]
+DTypeOpt = Annotated[
+    DType,
+    typer.Option(
+        "--dtype",
+        help="Model compute dtype (auto: float32 on CPU, bfloat16 on GPUs that have it). Heads always run in float32.",
+        rich_help_panel=_MODEL,
+    ),
+]
+HfOverrides = Annotated[
+    str | None,
+    typer.Option(
+        "--hf-overrides",
+        help="JSON object (or .json/.toml file) merged onto config.json, e.g. '{\"is_matryoshka\": true}'.",
+        rich_help_panel=_MODEL,
+    ),
+]
+ConvertOpt = Annotated[
+    Convert,
+    typer.Option("--convert", help="Adapt a generative model to a pooling task.", rich_help_panel=_MODEL),
+]
+TrustRemoteCode = Annotated[
+    bool,
+    typer.Option("--trust-remote-code", help="Allow model code from the model directory.", rich_help_panel=_MODEL),
+]
+MaxModelLen = Annotated[
+    int | None,
+    typer.Option(
+        "--max-model-len",
+        help="Model maximum in tokens when the model files give none (or a smaller cap).",
+        rich_help_panel=_MODEL,
+    ),
+]
+ConfigPreset = Annotated[
+    str | None,
+    typer.Option(
+        "--config",
+        help="Preset name from configs/ (e.g. e5, bge, qwen3-embedding) or a .toml file.",
+        rich_help_panel=_POOL,
+    ),
+]
+PoolerConfigOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--pooler-config", help="Pooler config as a JSON object or a .json/.toml file.", rich_help_panel=_POOL
+    ),
+]
+PoolingTypeOpt = Annotated[
+    str | None,
+    typer.Option("--pooling-type", help=f"One of {', '.join(POOLING_TYPES)} (any case).", rich_help_panel=_POOL),
+]
+Prompt = Annotated[
+    str | None,
+    typer.Option("--prompt", help="Literal prefix added to every text, e.g. 'query: '.", rich_help_panel=_POOL),
+]
+PromptName = Annotated[
+    str | None,
+    typer.Option(
+        "--prompt-name",
+        help="A named prompt from the preset or the model's Sentence-Transformers config.",
+        rich_help_panel=_POOL,
+    ),
+]
+TruncatePromptTokens = Annotated[
+    int | None,
+    typer.Option(
+        "--truncate-prompt-tokens",
+        help="Keep at most K tokens, special tokens included (-1: the model maximum).",
+        rich_help_panel=_POOL,
+    ),
+]
+TruncationSideOpt = Annotated[
+    TruncationSide,
+    typer.Option(
+        "--truncation-side",
+        help="Which end of a too-long text is cut (the special tokens are kept either way).",
+        rich_help_panel=_POOL,
+    ),
+]
+OnTooLongOpt = Annotated[
+    OnTooLong,
+    typer.Option(
+        "--on-too-long",
+        help="Truncate too-long texts (flagged in the 'truncated' column) or make them TOO_LONG error rows.",
+        rich_help_panel=_POOL,
+    ),
+]
 
-MaxBatchTokens = Annotated[str, typer.Option(
-    "--max-batch-tokens", help="Padded-token budget per batch, or 'auto' (a per-device default).",
-    rich_help_panel=_RUN)]
-MaxBatchSize = Annotated[int, typer.Option("--max-batch-size", min=1, help="Most rows in one batch.",
-                                           rich_help_panel=_RUN)]
-WindowRows = Annotated[int, typer.Option("--window-rows", min=1, help="Rows read and length-sorted together "
-                                         "(bounds memory).", rich_help_panel=_RUN)]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, warnings or summary line.",
-                                     rich_help_panel=_RUN)]
-ProgressOpt = Annotated[bool | None, typer.Option(
-    "--progress/--no-progress", help="Progress bar on stderr (default: when stderr is a terminal).",
-    rich_help_panel=_RUN)]
-Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Also report batching statistics.",
-                                       rich_help_panel=_RUN)]
-Seed = Annotated[int, typer.Option("--seed", help="Random seed (for models with stochastic layers).",
-                                   rich_help_panel=_RUN)]
+MaxBatchTokens = Annotated[
+    str,
+    typer.Option(
+        "--max-batch-tokens",
+        help="Padded-token budget per batch, or 'auto' (a per-device default).",
+        rich_help_panel=_RUN,
+    ),
+]
+MaxBatchSize = Annotated[
+    int, typer.Option("--max-batch-size", min=1, help="Most rows in one batch.", rich_help_panel=_RUN)
+]
+WindowRows = Annotated[
+    int,
+    typer.Option(
+        "--window-rows",
+        min=1,
+        help="Rows read and length-sorted together (bounds memory).",
+        rich_help_panel=_RUN,
+    ),
+]
+Quiet = Annotated[
+    bool,
+    typer.Option("--quiet", "-q", help="No progress bar, warnings or summary line.", rich_help_panel=_RUN),
+]
+ProgressOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--progress/--no-progress",
+        help="Progress bar on stderr (default: when stderr is a terminal).",
+        rich_help_panel=_RUN,
+    ),
+]
+Verbose = Annotated[
+    bool, typer.Option("--verbose", "-v", help="Also report batching statistics.", rich_help_panel=_RUN)
+]
+Seed = Annotated[
+    int, typer.Option("--seed", help="Random seed (for models with stochastic layers).", rich_help_panel=_RUN)
+]
 
 
 def parse_batch_tokens(value: str) -> int | None:
@@ -134,8 +232,9 @@ def load_preset(value: str | None) -> tuple[Preset | None, str | None]:
 
 
 def preset_names() -> list[str]:
-    return sorted(p.name.removesuffix(".toml") for p in resources.files("poolcli.configs").iterdir()
-                  if p.name.endswith(".toml"))
+    return sorted(
+        p.name.removesuffix(".toml") for p in resources.files("poolcli.configs").iterdir() if p.name.endswith(".toml")
+    )
 
 
 def parse_hf_overrides(value: str | None, preset: Preset | None) -> dict[str, Any]:

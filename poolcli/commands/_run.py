@@ -10,7 +10,7 @@ from poolcli.commands import _options as o
 from poolcli.config import PoolerConfig, RunConfig, parse_pooler_config
 from poolcli.console import make_progress, print_summary
 from poolcli.errors import UsageError
-from poolcli.vocab import Task
+from poolcli.vocab import Convert, DType, OnTooLong, OutputDType, PoolingTask, Task, TruncationSide
 
 
 class RunRequest(msgspec.Struct, kw_only=True):
@@ -27,16 +27,16 @@ class RunRequest(msgspec.Struct, kw_only=True):
     prompt: str | None
     prompt_name: str | None
     truncate_prompt_tokens: int | None
-    truncation_side: str
-    on_too_long: str
+    truncation_side: TruncationSide
+    on_too_long: OnTooLong
     text_field: str
     id_field: str | None
     keep_columns: str | None
-    output_dtype: str
+    output_dtype: OutputDType
     device: str
-    dtype: str
+    dtype: DType
     hf_overrides: str | None
-    convert: str
+    convert: Convert
     trust_remote_code: bool
     max_model_len: int | None
     max_batch_tokens: str
@@ -51,7 +51,7 @@ class RunRequest(msgspec.Struct, kw_only=True):
 def build_run_config(req: RunRequest) -> RunConfig:
     from poolcli.engine.plan import check_fields_for_task
 
-    pooling_task = "embed" if req.task == "embed" else "classify"
+    pooling_task: PoolingTask = "embed" if req.task == "embed" else "classify"
     preset, preset_name = o.load_preset(req.config)
     pooler_data = o.parse_pooler_config_option(req.pooler_config)
     check_fields_for_task(pooling_task, pooler_data, source="--pooler-config")
@@ -60,39 +60,39 @@ def build_run_config(req: RunRequest) -> RunConfig:
         flag_pooler = PoolerConfig(**flags).canonical()
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    return RunConfig(**{
-            "task": req.task,
-            "inputs": (req.input,),
-            "output": req.output or o.default_output(req.input, req.task),
-            "errors": req.errors,
-            "model": req.model,
-            "text_field": req.text_field,
-            "id_field": req.id_field,
-            "keep_columns": o.parse_keep_columns(req.keep_columns),
-            "device": req.device,
-            "dtype": req.dtype,
-            "output_dtype": req.output_dtype,
-            "max_batch_tokens": o.parse_batch_tokens(req.max_batch_tokens),
-            "max_batch_size": req.max_batch_size,
-            "window_rows": req.window_rows,
-            "on_too_long": req.on_too_long,
-            "truncate_prompt_tokens": req.truncate_prompt_tokens,
-            "truncation_side": req.truncation_side,
-            "max_model_len": req.max_model_len,
-            "prompt": req.prompt,
-            "prompt_name": req.prompt_name,
-            "pooler_flags": flag_pooler,
-            "pooler_config": parse_pooler_config(pooler_data, source="--pooler-config"),
-            "preset": preset,
-            "preset_name": preset_name,
-            "hf_overrides": o.parse_hf_overrides(req.hf_overrides, preset),
-            "convert": req.convert,
-            "trust_remote_code": req.trust_remote_code,
-            "quiet": req.quiet,
-            "progress": req.progress,
-            "verbose": req.verbose,
-            "seed": req.seed,
-    })
+    return RunConfig(
+        task=req.task,
+        inputs=(req.input,),
+        output=req.output or o.default_output(req.input, req.task),
+        errors=req.errors,
+        model=req.model,
+        text_field=req.text_field,
+        id_field=req.id_field,
+        keep_columns=o.parse_keep_columns(req.keep_columns),
+        device=req.device,
+        dtype=req.dtype,
+        output_dtype=req.output_dtype,
+        max_batch_tokens=o.parse_batch_tokens(req.max_batch_tokens),
+        max_batch_size=req.max_batch_size,
+        window_rows=req.window_rows,
+        on_too_long=req.on_too_long,
+        truncate_prompt_tokens=req.truncate_prompt_tokens,
+        truncation_side=req.truncation_side,
+        max_model_len=req.max_model_len,
+        prompt=req.prompt,
+        prompt_name=req.prompt_name,
+        pooler_flags=flag_pooler,
+        pooler_config=parse_pooler_config(pooler_data, source="--pooler-config"),
+        preset=preset,
+        preset_name=preset_name,
+        hf_overrides=o.parse_hf_overrides(req.hf_overrides, preset),
+        convert=req.convert,
+        trust_remote_code=req.trust_remote_code,
+        quiet=req.quiet,
+        progress=req.progress,
+        verbose=req.verbose,
+        seed=req.seed,
+    )
 
 
 def execute(req: RunRequest) -> None:
@@ -102,8 +102,9 @@ def execute(req: RunRequest) -> None:
 
     run = build_run_config(req)
     source = open_source(InputSpec(run.inputs[0], run.text_field, run.id_field, run.keep_columns))
-    model = resolve_model(run.model, hf_overrides=run.hf_overrides, convert=run.convert,
-                          max_model_len=run.max_model_len)
+    model = resolve_model(
+        run.model, hf_overrides=run.hf_overrides, convert=run.convert, max_model_len=run.max_model_len
+    )
     plan = build_plan(run, model, "embed")
 
     import torch

@@ -8,19 +8,29 @@ from poolcli.commands import _options as o
 
 
 def embed(
-    input: str = typer.Argument(..., help="JSONL(.gz/.zst), Parquet file/dir/glob, CSV, TSV, TXT, or '-' for "
-                                          "JSONL on stdin.", show_default=False),
+    input: str = typer.Argument(
+        ...,
+        help="JSONL(.gz/.zst), Parquet file/dir/glob, CSV, TSV, TXT, or '-' for JSONL on stdin.",
+        show_default=False,
+    ),
     output: o.Output = None,
     errors: o.Errors = None,
     model: o.ModelOpt = None,
     config: o.ConfigPreset = None,
     pooler_config: o.PoolerConfigOpt = None,
     pooling_type: o.PoolingTypeOpt = None,
-    normalize: bool | None = typer.Option(None, "--normalize/--no-normalize", help="L2-normalise vectors "
-                                          "(default: the model's Normalize module, else yes).",
-                                          rich_help_panel="Pooling"),
-    dimensions: int | None = typer.Option(None, "--dimensions", help="Matryoshka output dimension (the model "
-                                          "must be matryoshka).", rich_help_panel="Pooling"),
+    normalize: bool | None = typer.Option(
+        None,
+        "--normalize/--no-normalize",
+        help="L2-normalise vectors (default: the model's Normalize module, else yes).",
+        rich_help_panel="Pooling",
+    ),
+    dimensions: int | None = typer.Option(
+        None,
+        "--dimensions",
+        help="Matryoshka output dimension (the model must be matryoshka).",
+        rich_help_panel="Pooling",
+    ),
     prompt: o.Prompt = None,
     prompt_name: o.PromptName = None,
     truncate_prompt_tokens: o.TruncatePromptTokens = None,
@@ -47,14 +57,37 @@ def embed(
     """Embed every row's text: one vector per row, written as Parquet (fixed_size_list<float32>)."""
     from poolcli.commands._run import RunRequest, execute
 
-    execute(RunRequest(
-        task="embed", input=input, output=output, errors=errors, model=model, config=config,
-        pooler_config=pooler_config, pooler_flags={"pooling_type": pooling_type, "normalize": normalize,
-                                                   "dimensions": dimensions},
-        prompt=prompt, prompt_name=prompt_name, truncate_prompt_tokens=truncate_prompt_tokens,
-        truncation_side=truncation_side, on_too_long=on_too_long, text_field=text_field, id_field=id_field,
-        keep_columns=keep_columns, output_dtype=output_dtype, device=device, dtype=dtype,
-        hf_overrides=hf_overrides, convert=convert, trust_remote_code=trust_remote_code,
-        max_model_len=max_model_len, max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size,
-        window_rows=window_rows, quiet=quiet, progress=progress, verbose=verbose, seed=seed,
-    ))
+    execute(
+        RunRequest(
+            task="embed",
+            input=input,
+            output=output,
+            errors=errors,
+            model=model,
+            config=config,
+            pooler_config=pooler_config,
+            pooler_flags={"pooling_type": pooling_type, "normalize": normalize, "dimensions": dimensions},
+            prompt=prompt,
+            prompt_name=prompt_name,
+            truncate_prompt_tokens=truncate_prompt_tokens,
+            truncation_side=truncation_side,
+            on_too_long=on_too_long,
+            text_field=text_field,
+            id_field=id_field,
+            keep_columns=keep_columns,
+            output_dtype=output_dtype,
+            device=device,
+            dtype=dtype,
+            hf_overrides=hf_overrides,
+            convert=convert,
+            trust_remote_code=trust_remote_code,
+            max_model_len=max_model_len,
+            max_batch_tokens=max_batch_tokens,
+            max_batch_size=max_batch_size,
+            window_rows=window_rows,
+            quiet=quiet,
+            progress=progress,
+            verbose=verbose,
+            seed=seed,
+        )
+    )

@@ -11,8 +11,9 @@ from poolcli.commands import _options as o
 
 
 def inspect(
-    model: str = typer.Argument("default", help="Model directory or cached Hugging Face id ('default': the "
-                                               "bundled all-MiniLM-L6-v2)."),
+    model: str = typer.Argument(
+        "default", help="Model directory or cached Hugging Face id ('default': the bundled all-MiniLM-L6-v2)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
     config: o.ConfigPreset = None,
     pooler_config: o.PoolerConfigOpt = None,
@@ -28,11 +29,21 @@ def inspect(
 
     preset, preset_name = o.load_preset(config)
     overrides = o.parse_hf_overrides(hf_overrides, preset)
-    resolved = resolve_model(None if model == "default" else model, hf_overrides=overrides,
-                             convert=convert, max_model_len=max_model_len)  # type: ignore[arg-type]
+    resolved = resolve_model(
+        None if model == "default" else model,
+        hf_overrides=overrides,
+        convert=convert,
+        max_model_len=max_model_len,
+    )
     task = resolved.supported_tasks[0]
     run = RunConfig(
-        task=task, inputs=(), output="", errors=None, model=model, preset=preset, preset_name=preset_name,
+        task=task,
+        inputs=(),
+        output="",
+        errors=None,
+        model=model,
+        preset=preset,
+        preset_name=preset_name,
         pooler_config=parse_pooler_config(o.parse_pooler_config_option(pooler_config), source="--pooler-config"),
         hf_overrides=overrides,
     )
@@ -52,9 +63,11 @@ def inspect(
         "hidden_size": resolved.hidden_size,
         "embedding_size": resolved.embedding_size,
         "matryoshka": resolved.is_matryoshka,
-        "dimensions_allowed": (list(resolved.matryoshka_dimensions) if resolved.matryoshka_dimensions
-                               else (f"1..{resolved.embedding_size}" if resolved.is_matryoshka
-                                     else [resolved.embedding_size])),
+        "dimensions_allowed": (
+            list(resolved.matryoshka_dimensions)
+            if resolved.matryoshka_dimensions
+            else (f"1..{resolved.embedding_size}" if resolved.is_matryoshka else [resolved.embedding_size])
+        ),
         "max_length": resolved.max_length,
         "max_length_source": resolved.max_length_source,
         "lower_case": resolved.do_lower_case,

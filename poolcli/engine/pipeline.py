@@ -179,10 +179,15 @@ def run_embed(run: RunConfig, plan: Plan, source: Source, progress: Progress) ->
                 keep_idx = []
                 for i, enc in enumerate(encoded):
                     if enc.truncated:
-                        bad.append(ErrorRow(
-                            id=block.ids[i], source=source.spec.path, code="TOO_LONG", row=block.rows[i],
-                            message=f"text is longer than {plan.max_tokens} tokens (--on-too-long error)",
-                        ))
+                        bad.append(
+                            ErrorRow(
+                                id=block.ids[i],
+                                source=source.spec.path,
+                                code="TOO_LONG",
+                                row=block.rows[i],
+                                message=f"text is longer than {plan.max_tokens} tokens (--on-too-long error)",
+                            )
+                        )
                     else:
                         keep_idx.append(i)
             vectors = np.empty((len(keep_idx), dim), dtype=np.float32)
@@ -195,14 +200,21 @@ def run_embed(run: RunConfig, plan: Plan, source: Source, progress: Progress) ->
                 vectors[batch] = pooled.float().cpu().numpy()
                 summary.batches += 1
                 summary.padded_tokens += ids.numel()
-            finite = np.isfinite(vectors).all(axis=1)
+            finite = np.asarray(np.isfinite(vectors).all(axis=1), dtype=bool)
             if not finite.all():
                 for j in np.flatnonzero(~finite):
                     i = keep_idx[j]
-                    bad.append(ErrorRow(id=block.ids[i], source=source.spec.path, code="NONFINITE_OUTPUT",
-                                        row=block.rows[i], message="the model produced NaN or Inf for this row"))
+                    bad.append(
+                        ErrorRow(
+                            id=block.ids[i],
+                            source=source.spec.path,
+                            code="NONFINITE_OUTPUT",
+                            row=block.rows[i],
+                            message="the model produced NaN or Inf for this row",
+                        )
+                    )
                 vectors = vectors[finite]
-                keep_idx = [i for i, ok in zip(keep_idx, finite, strict=True) if ok]
+                keep_idx = [i for i, ok in zip(keep_idx, list(finite), strict=True) if ok]
             bad.sort(key=lambda e: e.row if e.row is not None else -1)
             errors.write(bad)
             summary.errors += len(bad)
@@ -210,7 +222,10 @@ def run_embed(run: RunConfig, plan: Plan, source: Source, progress: Progress) ->
                 n_tokens = [len(encoded[i].ids) for i in keep_idx]
                 truncated = [encoded[i].truncated for i in keep_idx]
                 table = builder.table(
-                    [block.ids[i] for i in keep_idx], vectors, n_tokens, truncated,
+                    [block.ids[i] for i in keep_idx],
+                    vectors,
+                    n_tokens,
+                    truncated,
                     {c: [block.keep[c][i] for i in keep_idx] for c in run.keep_columns},
                 )
                 sink.write(table)
@@ -221,8 +236,7 @@ def run_embed(run: RunConfig, plan: Plan, source: Source, progress: Progress) ->
             progress.update(summary.rows_in, summary.tokens, fraction)
         schema = builder.schema or _empty_schema(builder)
         if isinstance(sink, DatasetDirSink):
-            sink.commit(schema, {"fingerprint": run_fingerprint, "errors": summary.errors,
-                                 "rows_in": summary.rows_in})
+            sink.commit(schema, {"fingerprint": run_fingerprint, "errors": summary.errors, "rows_in": summary.rows_in})
         else:
             sink.commit(schema)
         committed = errors.commit()
@@ -244,6 +258,7 @@ def run_embed(run: RunConfig, plan: Plan, source: Source, progress: Progress) ->
 
 
 def _empty_schema(builder: EmbedTableBuilder) -> Any:
-    empty = builder.table([], np.empty((0, builder.dim), dtype=np.float32), [], [],
-                          {c: [] for c in builder.keep_columns})
+    empty = builder.table(
+        [], np.empty((0, builder.dim), dtype=np.float32), [], [], {c: [] for c in builder.keep_columns}
+    )
     return empty.schema

@@ -24,8 +24,16 @@ _TASK_FIELDS: dict[PoolingTask, set[str]] = {
     "token_embed": _COMMON_FIELDS | {"normalize", "dimensions"},
     "classify": _COMMON_FIELDS | {"softmax", "activation", "logit_mean", "logit_sigma", "logit_bias", "logit_scale"},
     "token_classify": _COMMON_FIELDS
-    | {"softmax", "activation", "logit_mean", "logit_sigma", "logit_bias", "logit_scale", "step_tag_id",
-       "returned_token_ids"},
+    | {
+        "softmax",
+        "activation",
+        "logit_mean",
+        "logit_sigma",
+        "logit_bias",
+        "logit_scale",
+        "step_tag_id",
+        "returned_token_ids",
+    },
 }
 
 
@@ -80,7 +88,9 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
 
 def check_fields_for_task(task: PoolingTask, data: dict[str, Any], *, source: str) -> None:
     allowed = _TASK_FIELDS[task]
-    extra = sorted(k for k, v in data.items() if v is not None and k not in allowed and k in PoolerConfig.__struct_fields__)
+    extra = sorted(
+        k for k, v in data.items() if v is not None and k not in allowed and k in PoolerConfig.__struct_fields__
+    )
     if extra:
         raise UsageError(
             f"{source}: task {task!r} does not take {', '.join(extra)}",
@@ -100,7 +110,9 @@ def _st_layer(model: ResolvedModel) -> PoolerConfig:
     return PoolerConfig(use_activation=model.st_normalize)
 
 
-def _pooling_spec(merged_seq: str | None, layers_seq: str | None, st: StPooling | None, model: ResolvedModel) -> PoolingSpec:
+def _pooling_spec(
+    merged_seq: str | None, layers_seq: str | None, st: StPooling | None, model: ResolvedModel
+) -> PoolingSpec:
     if layers_seq is not None:
         return PoolingSpec(modes=(_SEQ_TO_MODE[layers_seq],), source="flags/pooler-config/preset")
     if st is not None:
@@ -147,8 +159,12 @@ def build_plan(run: RunConfig, model: ResolvedModel, task: PoolingTask) -> Plan:
     if dimensions is not None and task in ("embed", "token_embed"):
         _check_dimensions(dimensions, model)
     normalize = True if merged.use_activation is None else merged.use_activation
-    params = PoolingParams(task=task, dimensions=dimensions, normalize=normalize,
-                           use_activation=True if merged.use_activation is None else merged.use_activation)
+    params = PoolingParams(
+        task=task,
+        dimensions=dimensions,
+        normalize=normalize,
+        use_activation=True if merged.use_activation is None else merged.use_activation,
+    )
 
     k = run.truncate_prompt_tokens
     if k is None or k == -1:

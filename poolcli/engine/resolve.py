@@ -42,9 +42,36 @@ _ST_LEGACY_MODES: dict[str, StPoolingMode] = {
 # Position ids of these families start after the padding index, so two positions are unusable.
 _ROBERTA_LIKE = {"roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text", "xlm-roberta-xl"}
 _DECODER_TYPES = {
-    "llama", "mistral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "gemma", "gemma2", "gemma3", "gemma3_text",
-    "phi", "phi3", "gpt2", "gpt_neox", "gptj", "falcon", "mixtral", "olmo", "olmo2", "stablelm", "starcoder2",
-    "internlm2", "granite", "cohere", "opt", "bloom", "mpt", "smollm3", "exaone", "ministral",
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "qwen2_moe",
+    "qwen3_moe",
+    "gemma",
+    "gemma2",
+    "gemma3",
+    "gemma3_text",
+    "phi",
+    "phi3",
+    "gpt2",
+    "gpt_neox",
+    "gptj",
+    "falcon",
+    "mixtral",
+    "olmo",
+    "olmo2",
+    "stablelm",
+    "starcoder2",
+    "internlm2",
+    "granite",
+    "cohere",
+    "opt",
+    "bloom",
+    "mpt",
+    "smollm3",
+    "exaone",
+    "ministral",
 }
 _GENERATIVE_SUFFIXES = ("ForCausalLM", "ForConditionalGeneration", "ChatModel", "LMHeadModel")
 _CLASSIFY_SUFFIXES = ("ForSequenceClassification", "ClassificationModel")
@@ -52,8 +79,13 @@ _TOKEN_CLASSIFY_SUFFIXES = ("ForTokenClassification",)
 
 DenseActivation = Literal["identity", "tanh", "relu", "gelu", "sigmoid", "silu"]
 _DENSE_ACTIVATIONS: dict[str, DenseActivation] = {
-    "identity": "identity", "tanh": "tanh", "relu": "relu", "gelu": "gelu", "sigmoid": "sigmoid",
-    "silu": "silu", "swish": "silu",
+    "identity": "identity",
+    "tanh": "tanh",
+    "relu": "relu",
+    "gelu": "gelu",
+    "sigmoid": "sigmoid",
+    "silu": "silu",
+    "swish": "silu",
 }
 
 ModelSource = Literal["bundled", "directory", "hf-cache"]
@@ -217,9 +249,9 @@ def _parse_dense(directory: Path, rel: str) -> DenseSpec:
     )
 
 
-def _architecture_traits(arch: str, model_type: str, has_st_pooling: bool, convert: Convert) -> tuple[
-    tuple[PoolingTask, ...], bool
-]:
+def _architecture_traits(
+    arch: str, model_type: str, has_st_pooling: bool, convert: Convert
+) -> tuple[tuple[PoolingTask, ...], bool]:
     """(supported pooling tasks, is_decoder) from the architecture name, vLLM's suffix rules."""
     is_decoder = model_type in _DECODER_TYPES or arch.endswith(_GENERATIVE_SUFFIXES)
     if convert == "embed":

@@ -49,7 +49,7 @@ class TextEncoder:
         self._tok.no_padding()
         self._tok.enable_truncation(max_length=plan.max_tokens, direction=plan.truncation_side)
         self.pad_id = _pad_id(hf)
-        self.special_ids = set(int(i) for i in hf.all_special_ids)
+        self.special_ids = {int(i) for i in hf.all_special_ids}
         self.prompt = plan.prompt
         self.lower = plan.lower_case
         self.prompt_tokens = self._prompt_length() if (plan.prompt and not plan.pooling.include_prompt) else 0

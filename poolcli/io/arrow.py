@@ -38,8 +38,14 @@ class EmbedTableBuilder:
         self.metadata = metadata
         self.schema: pa.Schema | None = None
 
-    def table(self, ids: list[Any], vectors: NDArray[np.float32], n_tokens: list[int], truncated: list[bool],
-              keep: dict[str, list[Any]]) -> pa.Table:
+    def table(
+        self,
+        ids: list[Any],
+        vectors: NDArray[np.float32],
+        n_tokens: list[int],
+        truncated: list[bool],
+        keep: dict[str, list[Any]],
+    ) -> pa.Table:
         types = self.schema
         arrays = [
             pa.array(ids, type=types.field("id").type if types is not None else None),

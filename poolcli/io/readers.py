@@ -24,8 +24,13 @@ from poolcli.vocab import ErrorCode
 InputFormat = Literal["jsonl", "parquet", "csv", "tsv", "txt"]
 _MISSING: Any = object()
 _SUFFIXES: dict[str, InputFormat] = {
-    ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet",
-    ".csv": "csv", ".tsv": "tsv", ".txt": "txt",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".txt": "txt",
 }
 
 
@@ -62,15 +67,25 @@ class _RowSink:
             return self.error(row, None, "MISSING_FIELD", f"id field {self.id_field!r} is missing", source, line)
         else:
             if isinstance(rid, bool) or not isinstance(rid, int | str):
-                return self.error(row, None, "WRONG_TYPE",
-                                  f"id field {self.id_field!r} must be a string or an integer, "
-                                  f"got {type(rid).__name__}", source, line)
+                return self.error(
+                    row,
+                    None,
+                    "WRONG_TYPE",
+                    f"id field {self.id_field!r} must be a string or an integer, got {type(rid).__name__}",
+                    source,
+                    line,
+                )
             if self.id_type is None:
                 self.id_type = type(rid)
             elif type(rid) is not self.id_type:
-                return self.error(row, rid, "WRONG_TYPE",
-                                  f"id {rid!r} is a {type(rid).__name__} but earlier ids are "
-                                  f"{self.id_type.__name__}s", source, line)
+                return self.error(
+                    row,
+                    rid,
+                    "WRONG_TYPE",
+                    f"id {rid!r} is a {type(rid).__name__} but earlier ids are {self.id_type.__name__}s",
+                    source,
+                    line,
+                )
         field = self.spec.text_field
         if text is _MISSING or text is None:
             return self.error(row, rid, "MISSING_FIELD", f"text field {field!r} is missing", source, line)
@@ -78,11 +93,23 @@ class _RowSink:
             try:
                 text = text.decode("utf-8")
             except UnicodeDecodeError as exc:
-                return self.error(row, rid, "INVALID_UTF8", f"text is not valid UTF-8 ({exc.reason} at byte "
-                                  f"{exc.start})", source, line)
+                return self.error(
+                    row,
+                    rid,
+                    "INVALID_UTF8",
+                    f"text is not valid UTF-8 ({exc.reason} at byte {exc.start})",
+                    source,
+                    line,
+                )
         if not isinstance(text, str):
-            return self.error(row, rid, "WRONG_TYPE", f"text field {field!r} must be a string, got "
-                              f"{type(text).__name__}", source, line)
+            return self.error(
+                row,
+                rid,
+                "WRONG_TYPE",
+                f"text field {field!r} must be a string, got {type(text).__name__}",
+                source,
+                line,
+            )
         if not text.strip():
             return self.error(row, rid, "EMPTY_TEXT", f"text field {field!r} is empty", source, line)
         b = self.block
@@ -122,8 +149,13 @@ class Source:
 
     def blocks(self, rows_per_block: int) -> Iterator[Block]:
         sink = _RowSink(self.spec)
-        rows = {"jsonl": self._jsonl_rows, "parquet": self._parquet_rows, "csv": self._csv_rows,
-                "tsv": self._csv_rows, "txt": self._txt_rows}[self.format]
+        rows = {
+            "jsonl": self._jsonl_rows,
+            "parquet": self._parquet_rows,
+            "csv": self._csv_rows,
+            "tsv": self._csv_rows,
+            "txt": self._txt_rows,
+        }[self.format]
         for _ in rows(sink):
             if sink.block.n_rows >= rows_per_block:
                 yield sink.take()
@@ -148,22 +180,40 @@ class Source:
                     try:
                         text_line = raw.decode("utf-8")
                     except UnicodeDecodeError as exc:
-                        sink.error(row, row if sink.id_field is None else None, "INVALID_UTF8",
-                                   f"line is not valid UTF-8 ({exc.reason} at byte {exc.start})", source, line_no)
+                        sink.error(
+                            row,
+                            row if sink.id_field is None else None,
+                            "INVALID_UTF8",
+                            f"line is not valid UTF-8 ({exc.reason} at byte {exc.start})",
+                            source,
+                            line_no,
+                        )
                         row += 1
                         yield
                         continue
                     try:
                         obj = decoder.decode(text_line)
                     except msgspec.DecodeError as exc:
-                        sink.error(row, row if sink.id_field is None else None, "INVALID_JSON",
-                                   f"invalid JSON: {exc}", source, line_no)
+                        sink.error(
+                            row,
+                            row if sink.id_field is None else None,
+                            "INVALID_JSON",
+                            f"invalid JSON: {exc}",
+                            source,
+                            line_no,
+                        )
                         row += 1
                         yield
                         continue
                     if not isinstance(obj, dict):
-                        sink.error(row, row if sink.id_field is None else None, "NOT_OBJECT",
-                                   f"expected a JSON object, got {_json_kind(obj)}", source, line_no)
+                        sink.error(
+                            row,
+                            row if sink.id_field is None else None,
+                            "NOT_OBJECT",
+                            f"expected a JSON object, got {_json_kind(obj)}",
+                            source,
+                            line_no,
+                        )
                         row += 1
                         yield
                         continue
@@ -196,8 +246,10 @@ class Source:
     def _columns_needed(self, names: list[str], source: str) -> list[str]:
         spec = self.spec
         if spec.text_field not in names:
-            raise DataError(f"{source} has no column {spec.text_field!r} (columns: {', '.join(names)})",
-                            hint="name the text column with --text-field")
+            raise DataError(
+                f"{source} has no column {spec.text_field!r} (columns: {', '.join(names)})",
+                hint="name the text column with --text-field",
+            )
         needed = [spec.text_field]
         if spec.id_field is not None:
             if spec.id_field not in names:
@@ -225,8 +277,12 @@ class Source:
             schema = pf.schema_arrow
             cols = Source(spec, "parquet", [path])._columns_needed(schema.names, path)
             text_type = schema.field(spec.text_field).type
-            if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type)
-                    or pa.types.is_binary(text_type) or pa.types.is_large_binary(text_type)):
+            if not (
+                pa.types.is_string(text_type)
+                or pa.types.is_large_string(text_type)
+                or pa.types.is_binary(text_type)
+                or pa.types.is_large_binary(text_type)
+            ):
                 raise DataError(f"{path}: column {spec.text_field!r} is {text_type}, not a string column")
             for batch in pf.iter_batches(batch_size=8192, columns=cols):
                 data = {name: batch.column(name).to_pylist() for name in cols}
@@ -248,8 +304,11 @@ class Source:
         self.total = self._total_bytes()
         for path in self.files:
             with open(path, "rb") as probe:
-                header = pacsv.open_csv(probe, parse_options=pacsv.ParseOptions(delimiter=delimiter),
-                                        read_options=pacsv.ReadOptions(block_size=1 << 16)).schema.names
+                header = pacsv.open_csv(
+                    probe,
+                    parse_options=pacsv.ParseOptions(delimiter=delimiter),
+                    read_options=pacsv.ReadOptions(block_size=1 << 16),
+                ).schema.names
             if self.spec.id_field is None:
                 sink.id_field = "id" if "id" in header else None
             spec = InputSpec(self.spec.path, self.spec.text_field, sink.id_field, self.spec.keep_columns)
@@ -263,8 +322,12 @@ class Source:
                     fh,
                     parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
                     read_options=pacsv.ReadOptions(block_size=1 << 20),
-                    convert_options=pacsv.ConvertOptions(column_types=types, include_columns=cols,
-                                                         strings_can_be_null=False, quoted_strings_can_be_null=False),
+                    convert_options=pacsv.ConvertOptions(
+                        column_types=types,
+                        include_columns=cols,
+                        strings_can_be_null=False,
+                        quoted_strings_can_be_null=False,
+                    ),
                 )
                 for batch in reader:
                     self.done = fh.tell()
@@ -272,8 +335,14 @@ class Source:
                     ids = data[sink.id_field] if sink.id_field is not None else None
                     for i in range(batch.num_rows):
                         keep = {c: data[c][i] for c in spec.keep_columns}
-                        sink.add(row, ids[i] if ids is not None else None, data[spec.text_field][i], keep,
-                                 path, None)
+                        sink.add(
+                            row,
+                            ids[i] if ids is not None else None,
+                            data[spec.text_field][i],
+                            keep,
+                            path,
+                            None,
+                        )
                         row += 1
                         yield
 
@@ -294,7 +363,7 @@ class _open_binary:
     def __init__(self, path: str) -> None:
         self.path = path
         self.raw: IO[bytes] | None = None
-        self.stream: IO[bytes] | None = None
+        self.stream: Any = None
 
     def __enter__(self) -> tuple[IO[bytes], Callable[[], int]]:
         if self.path == "-":
@@ -310,9 +379,11 @@ class _open_binary:
             try:
                 import zstandard
             except ImportError:
-                raise UsageError(f"{self.path}: reading .zst needs the zstandard package",
-                                 hint="pip install 'poolcli[zstd]'") from None
-            self.stream = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw))  # type: ignore[arg-type]
+                raise UsageError(
+                    f"{self.path}: reading .zst needs the zstandard package",
+                    hint="pip install 'poolcli[zstd]'",
+                ) from None
+            self.stream = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw))
         else:
             self.stream = raw
         return self.stream, raw.tell
@@ -339,7 +410,8 @@ def open_source(spec: InputSpec) -> Source:
         return Source(spec, "jsonl", ["-"])
     if os.path.isdir(path):
         files = sorted(
-            str(p) for p in Path(path).rglob("*")
+            str(p)
+            for p in Path(path).rglob("*")
             if p.is_file() and p.suffix in (".parquet", ".pq") and not p.name.startswith(("_", "."))
         )
         if not files:

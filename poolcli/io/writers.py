@@ -136,7 +136,7 @@ class DatasetDirSink:
 
     def commit(self, schema: pa.Schema | None, manifest: dict[str, Any]) -> None:
         if self.current is not None:
-            self._close_part(self.current.writer.schema if self.current.writer else schema)  # type: ignore[arg-type]
+            self._close_part(self.current.writer.schema if self.current.writer else schema)
         elif not self.parts and schema is not None:
             self.current = ParquetFileSink(self.directory / "part-00000.parquet")
             self._close_part(schema)

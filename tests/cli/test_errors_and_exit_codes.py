@@ -77,7 +77,8 @@ def test_dimensions_on_non_matryoshka_model(one_row: Path, tmp_path: Path) -> No
 
 def test_invalid_parameter_for_task(one_row: Path, tmp_path: Path) -> None:
     line = _one_line_error(
-        run_cli("embed", one_row, "-o", tmp_path / "o.parquet", "--pooler-config", '{"logit_mean": 0.5}'), 64)
+        run_cli("embed", one_row, "-o", tmp_path / "o.parquet", "--pooler-config", '{"logit_mean": 0.5}'), 64
+    )
     assert "logit_mean" in line and "dimensions" in line
 
 
@@ -88,13 +89,25 @@ def test_unknown_pooling_type(one_row: Path, tmp_path: Path) -> None:
 
 def test_unknown_pooler_config_field(one_row: Path, tmp_path: Path) -> None:
     line = _one_line_error(
-        run_cli("embed", one_row, "-o", tmp_path / "o.parquet", "--pooler-config", '{"pooling": "MEAN"}'), 64)
+        run_cli("embed", one_row, "-o", tmp_path / "o.parquet", "--pooler-config", '{"pooling": "MEAN"}'), 64
+    )
     assert "pooling" in line
 
 
 def test_dimensions_larger_than_vector(one_row: Path, tmp_path: Path) -> None:
-    line = _one_line_error(run_cli("embed", one_row, "-o", tmp_path / "o.parquet", "--dimensions", "1000",
-                                   "--hf-overrides", '{"is_matryoshka": true}'), 64)
+    line = _one_line_error(
+        run_cli(
+            "embed",
+            one_row,
+            "-o",
+            tmp_path / "o.parquet",
+            "--dimensions",
+            "1000",
+            "--hf-overrides",
+            '{"is_matryoshka": true}',
+        ),
+        64,
+    )
     assert "384" in line
 
 

@@ -13,8 +13,14 @@ import pytest
 
 from tests.conftest import cosine_rows, read_vectors, run_cli, summary_of, write_jsonl
 
-TEXTS = ["alpha beta gamma", "the quick brown fox", "σ ∑ unicode", "a much longer sentence about rivers and cities",
-         "short", "the quick brown fox"]
+TEXTS = [
+    "alpha beta gamma",
+    "the quick brown fox",
+    "σ ∑ unicode",
+    "a much longer sentence about rivers and cities",
+    "short",
+    "the quick brown fox",
+]
 
 
 @pytest.fixture(scope="module")
@@ -29,14 +35,30 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
 def test_parquet_dir_glob_keep_columns_float16(tmp_path: Path, reference: np.ndarray) -> None:
     data = tmp_path / "data"
     data.mkdir()
-    pq.write_table(pa.table({"doc_id": [10, 11, 12], "body": TEXTS[:3], "lang": ["en", "en", "xx"]}),
-                   data / "part-0.parquet")
-    pq.write_table(pa.table({"doc_id": [13, 14, 15], "body": TEXTS[3:], "lang": ["en", "de", "en"]}),
-                   data / "part-1.parquet")
+    pq.write_table(
+        pa.table({"doc_id": [10, 11, 12], "body": TEXTS[:3], "lang": ["en", "en", "xx"]}),
+        data / "part-0.parquet",
+    )
+    pq.write_table(
+        pa.table({"doc_id": [13, 14, 15], "body": TEXTS[3:], "lang": ["en", "de", "en"]}),
+        data / "part-1.parquet",
+    )
     for i, arg in enumerate([str(data), str(data / "part-*.parquet")]):
         out = tmp_path / f"out{i}.parquet"
-        proc = run_cli("embed", arg, "-o", out, "--text-field", "body", "--id-field", "doc_id",
-                       "--keep-columns", "lang", "--output-dtype", "float16")
+        proc = run_cli(
+            "embed",
+            arg,
+            "-o",
+            out,
+            "--text-field",
+            "body",
+            "--id-field",
+            "doc_id",
+            "--keep-columns",
+            "lang",
+            "--output-dtype",
+            "float16",
+        )
         assert proc.returncode == 0, proc.stderr
         table = pq.read_table(out)
         assert table.column_names == ["id", "embedding", "n_tokens", "truncated", "lang"]
@@ -61,8 +83,13 @@ def test_csv_tsv_txt_gz_zst_stdin(tmp_path: Path, reference: np.ndarray) -> None
     gz.write_bytes(gzip.compress(rows))
     zst = tmp_path / "in.ndjson.zst"
     zst.write_bytes(zstandard.ZstdCompressor().compress(rows))
-    expected_ids = {csv: ["0", "1", "2", "3", "4", "5"], tsv: list(range(6)), txt: list(range(6)),
-                    gz: list(range(6)), zst: list(range(6))}
+    expected_ids = {
+        csv: ["0", "1", "2", "3", "4", "5"],
+        tsv: list(range(6)),
+        txt: list(range(6)),
+        gz: list(range(6)),
+        zst: list(range(6)),
+    }
     for src, ids_expected in expected_ids.items():
         out = tmp_path / (src.name + ".parquet")
         proc = run_cli("embed", src, "-o", out)

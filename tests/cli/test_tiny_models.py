@@ -106,8 +106,12 @@ def test_st_without_normalize_module_is_not_normalized(tmp_path: Path, st_model_
 
 
 def test_prompt_excluded_from_pooling(tmp_path: Path, st_model_factory: Any) -> None:
-    model = st_model_factory("st-noprompt", pooling_mode="mean", include_prompt=False,
-                             prompts={"query": "query: ", "doc": "passage: "})
+    model = st_model_factory(
+        "st-noprompt",
+        pooling_mode="mean",
+        include_prompt=False,
+        prompts={"query": "query: ", "doc": "passage: "},
+    )
     got = _embed(tmp_path, model, "--prompt-name", "query")
     ref = _st_encode(model, TEXTS, prompt_name="query")
     assert cosine_rows(got, ref).min() >= 0.99999
@@ -128,8 +132,16 @@ def test_matryoshka_from_config(tmp_path: Path) -> None:
 
 
 def test_matryoshka_via_hf_overrides(tmp_path: Path, tiny_bert: Path) -> None:
-    got = _embed(tmp_path, tiny_bert, "--dimensions", "10", "--hf-overrides", '{"is_matryoshka": true}',
-                 "--pooling-type", "MEAN")
+    got = _embed(
+        tmp_path,
+        tiny_bert,
+        "--dimensions",
+        "10",
+        "--hf-overrides",
+        '{"is_matryoshka": true}',
+        "--pooling-type",
+        "MEAN",
+    )
     ref = hf_reference(tiny_bert, TEXTS, pooling="MEAN", dims=10)
     assert np.abs(got - ref).max() < 1e-5
 

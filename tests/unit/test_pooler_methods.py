@@ -46,7 +46,9 @@ def test_mean_divides_by_real_length() -> None:
 
 def test_mean_sqrt_len() -> None:
     out = MeanSqrtLenPool()(HIDDEN, MASK)
-    assert torch.allclose(out, torch.tensor([[9 / math.sqrt(3), 15 / math.sqrt(3)], [6 / math.sqrt(2), -2 / math.sqrt(2)]]))
+    assert torch.allclose(
+        out, torch.tensor([[9 / math.sqrt(3), 15 / math.sqrt(3)], [6 / math.sqrt(2), -2 / math.sqrt(2)]])
+    )
 
 
 def test_max_ignores_padding() -> None:
@@ -115,8 +117,9 @@ class TestEmbeddingHead:
         assert out.tolist() == [[1.0, 2.0, 3.0]]
 
     def test_dense_activation_and_residual(self) -> None:
-        dense = Dense(DenseSpec(path="", in_features=2, out_features=2, bias=True, activation="tanh",
-                                use_residual=True))
+        dense = Dense(
+            DenseSpec(path="", in_features=2, out_features=2, bias=True, activation="tanh", use_residual=True)
+        )
         with torch.no_grad():
             dense.linear.weight.copy_(torch.eye(2))
             dense.linear.bias.zero_()

@@ -24,8 +24,7 @@ def test_padding_ratio() -> None:
     assert padding_ratio([4, 2], [[0, 1]]) == 0.25
 
 
-@given(st.lists(st.integers(min_value=1, max_value=300), max_size=200), st.integers(1, 4000),
-       st.integers(1, 64))
+@given(st.lists(st.integers(min_value=1, max_value=300), max_size=200), st.integers(1, 4000), st.integers(1, 64))
 def test_every_row_once_within_budget(lengths: list[int], budget: int, rows: int) -> None:
     batches = cut_batches(lengths, max_tokens=budget, max_rows=rows)
     flat = sorted(i for b in batches for i in b)
