@@ -57,8 +57,9 @@ def test_jsonl_exactly_once(tmp_path: Path, rows: list, window: int, final_newli
 def test_parquet_exactly_once(tmp_path: Path, values: list, window: int) -> None:  # type: ignore[type-arg]
     path = tmp_path / "in.parquet"
     ids = [f"k{i}" for i in range(len(values))]
-    pq.write_table(pa.table({"id": pa.array(ids, pa.string()), "text": pa.array(values, pa.string())}), path,
-                   row_group_size=7)
+    pq.write_table(
+        pa.table({"id": pa.array(ids, pa.string()), "text": pa.array(values, pa.string())}), path, row_group_size=7
+    )
     good, bad = _collect(path, window)
     assert [i for _, i, _ in good] == [ids[n] for n, v in enumerate(values) if v]
     assert {e.id: e.code for e in bad} == {

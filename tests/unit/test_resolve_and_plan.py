@@ -34,9 +34,16 @@ def _run(**kwargs: object) -> RunConfig:
 @pytest.mark.parametrize(
     ("config", "modes", "include"),
     [
-        ({"word_embedding_dimension": 8, "pooling_mode_mean_tokens": True, "pooling_mode_cls_token": False}, ("mean",), True),
-        ({"pooling_mode_cls_token": True, "pooling_mode_max_tokens": True, "pooling_mode_mean_tokens": True},
-         ("cls", "max", "mean"), True),
+        (
+            {"word_embedding_dimension": 8, "pooling_mode_mean_tokens": True, "pooling_mode_cls_token": False},
+            ("mean",),
+            True,
+        ),
+        (
+            {"pooling_mode_cls_token": True, "pooling_mode_max_tokens": True, "pooling_mode_mean_tokens": True},
+            ("cls", "max", "mean"),
+            True,
+        ),
         ({"pooling_mode_lasttoken": True}, ("lasttoken",), True),
         ({"embedding_dimension": 8, "pooling_mode": "weightedmean", "include_prompt": False}, ("weightedmean",), False),
         ({"pooling_mode": ["cls", "mean"]}, ("cls", "mean"), True),
@@ -56,22 +63,33 @@ def test_st_pooling_unknown_mode() -> None:
 @pytest.mark.parametrize(
     "types",
     [
-        ("sentence_transformers.models.Transformer", "sentence_transformers.models.Pooling",
-         "sentence_transformers.models.Normalize"),
-        ("sentence_transformers.base.modules.transformer.Transformer",
-         "sentence_transformers.sentence_transformer.modules.pooling.Pooling",
-         "sentence_transformers.base.modules.normalize.Normalize"),
+        (
+            "sentence_transformers.models.Transformer",
+            "sentence_transformers.models.Pooling",
+            "sentence_transformers.models.Normalize",
+        ),
+        (
+            "sentence_transformers.base.modules.transformer.Transformer",
+            "sentence_transformers.sentence_transformer.modules.pooling.Pooling",
+            "sentence_transformers.base.modules.normalize.Normalize",
+        ),
     ],
 )
 def test_st_module_paths_old_and_new(tmp_path: Path, types: tuple[str, str, str]) -> None:
-    modules = [{"idx": i, "name": str(i), "path": p, "type": t} for i, (p, t) in
-               enumerate(zip(["", "1_Pooling", "2_Normalize"], types, strict=True))]
-    d = _model_dir(tmp_path, BERT, {
-        "modules.json": modules,
-        "1_Pooling/config.json": {"pooling_mode": "cls"},
-        "sentence_bert_config.json": {"max_seq_length": 128, "do_lower_case": True},
-        "config_sentence_transformers.json": {"prompts": {"q": "query: "}, "default_prompt_name": "q"},
-    })
+    modules = [
+        {"idx": i, "name": str(i), "path": p, "type": t}
+        for i, (p, t) in enumerate(zip(["", "1_Pooling", "2_Normalize"], types, strict=True))
+    ]
+    d = _model_dir(
+        tmp_path,
+        BERT,
+        {
+            "modules.json": modules,
+            "1_Pooling/config.json": {"pooling_mode": "cls"},
+            "sentence_bert_config.json": {"max_seq_length": 128, "do_lower_case": True},
+            "config_sentence_transformers.json": {"prompts": {"q": "query: "}, "default_prompt_name": "q"},
+        },
+    )
     m = resolve_model(str(d))
     assert m.st_pooling is not None and m.st_pooling.modes == ("cls",)
     assert m.st_normalize is True
@@ -88,8 +106,13 @@ def test_unknown_st_module_is_refused(tmp_path: Path) -> None:
 
 
 def test_max_length_rules(tmp_path: Path) -> None:
-    roberta = {"architectures": ["XLMRobertaModel"], "model_type": "xlm-roberta", "hidden_size": 8,
-               "max_position_embeddings": 514, "pad_token_id": 1}
+    roberta = {
+        "architectures": ["XLMRobertaModel"],
+        "model_type": "xlm-roberta",
+        "hidden_size": 8,
+        "max_position_embeddings": 514,
+        "pad_token_id": 1,
+    }
     assert resolve_model(str(_model_dir(tmp_path, roberta))).max_length == 512
     d = _model_dir(tmp_path, BERT, {"tokenizer_config.json": {"model_max_length": 300}})
     m = resolve_model(str(d))
@@ -111,8 +134,12 @@ def test_max_length_rules(tmp_path: Path) -> None:
 def test_architecture_defaults_and_tasks(tmp_path: Path) -> None:
     m = resolve_model(str(_model_dir(tmp_path, BERT)))
     assert m.supported_tasks == ("embed", "token_embed") and m.default_pooling == "CLS"
-    qwen = {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": 8,
-            "max_position_embeddings": 100}
+    qwen = {
+        "architectures": ["Qwen3ForCausalLM"],
+        "model_type": "qwen3",
+        "hidden_size": 8,
+        "max_position_embeddings": 100,
+    }
     with pytest.raises(ConfigError, match="--convert embed"):
         resolve_model(str(_model_dir(tmp_path, qwen)))
     m = resolve_model(str(_model_dir(tmp_path, qwen)), convert="embed")
@@ -125,10 +152,14 @@ def test_architecture_defaults_and_tasks(tmp_path: Path) -> None:
 
 
 def test_precedence_flags_over_pooler_config_over_preset_over_st(tmp_path: Path) -> None:
-    d = _model_dir(tmp_path, BERT, {
-        "modules.json": [{"path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}],
-        "1_Pooling/config.json": {"pooling_mode": "mean"},
-    })
+    d = _model_dir(
+        tmp_path,
+        BERT,
+        {
+            "modules.json": [{"path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}],
+            "1_Pooling/config.json": {"pooling_mode": "mean"},
+        },
+    )
     m = resolve_model(str(d))
     base = build_plan(_run(), m, "embed")
     assert base.pooling.label == "MEAN" and base.params.normalize is False  # no Normalize module
