@@ -250,6 +250,14 @@ class RunConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Most rows in one batch."""
     window_rows: int = 4096
     """Rows read, tokenized and length-sorted together; bounds memory."""
+    part_rows: int = 65536
+    """Input rows per committed part (a multiple of `window_rows`): the most work a crash can lose."""
+    overwrite: bool = False
+    """Replace an output written with a different fingerprint (or not by poolcli) instead of refusing."""
+    max_errors: int | None = None
+    """Stop with exit 65 once more error rows than this were committed (0 with --strict)."""
+    max_error_rate: float | None = None
+    """Stop with exit 65 once the share of error rows exceeds this (checked from 1000 rows on)."""
     on_too_long: OnTooLong = "truncate"
     """What to do with inputs longer than the limit."""
     truncate_prompt_tokens: int | None = None

@@ -37,7 +37,7 @@ class RichProgress:
         from rich.progress import Progress as RichBar
 
         self.clock = clock
-        self.start = clock()
+        self.start: float | None = None  # set at the first update, so model loading does not dilute rows/s
         self.bar = RichBar(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -52,6 +52,8 @@ class RichProgress:
         self.bar.start()
 
     def update(self, rows: int, tokens: int, fraction: float | None) -> None:
+        if self.start is None:
+            self.start = self.clock()
         elapsed = max(self.clock() - self.start, 1e-9)
         stats = f"{rows:,} rows · {rows / elapsed:,.0f} rows/s · {tokens / elapsed:,.0f} tok/s"
         if fraction is None:

@@ -29,6 +29,10 @@ class DataError(PoolcliError):
     exit_code = 65
 
 
+class ErrorBudgetExceeded(DataError):
+    """More error rows than --max-errors / --max-error-rate allow; committed parts are kept."""
+
+
 class NoInputError(PoolcliError):
     """The input file or model directory does not exist or cannot be opened (EX_NOINPUT)."""
 

@@ -43,6 +43,7 @@ ErrorCode = Literal[
     "INVALID_UTF8",
     "MISSING_FIELD",
     "WRONG_TYPE",
+    "MALFORMED_ROW",
     "EMPTY_TEXT",
     "TOO_LONG",
     "NONFINITE_OUTPUT",

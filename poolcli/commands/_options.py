@@ -171,6 +171,50 @@ WindowRows = Annotated[
         rich_help_panel=_RUN,
     ),
 ]
+PartRows = Annotated[
+    int,
+    typer.Option(
+        "--part-rows",
+        min=1,
+        help="Input rows per committed part (a multiple of --window-rows): the most work a crash can lose.",
+        rich_help_panel=_RUN,
+    ),
+]
+Overwrite = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite/--resume",
+        help="Replace an output from a different command "
+        "instead of refusing (exit 78). Default: resume a matching unfinished "
+        "run; a finished one is a no-op.",
+        rich_help_panel=_RUN,
+    ),
+]
+MaxErrors = Annotated[
+    int | None,
+    typer.Option(
+        "--max-errors",
+        min=0,
+        help="Stop with exit 65 (no _SUCCESS) once more error rows than this are committed.",
+        rich_help_panel=_RUN,
+    ),
+]
+MaxErrorRate = Annotated[
+    float | None,
+    typer.Option(
+        "--max-error-rate",
+        min=0.0,
+        max=1.0,
+        help="Stop with exit 65 once this share of rows are errors (from 1000 rows on).",
+        rich_help_panel=_RUN,
+    ),
+]
+Strict = Annotated[
+    bool,
+    typer.Option(
+        "--strict", help="Any error row stops the run with exit 65 (same as --max-errors 0).", rich_help_panel=_RUN
+    ),
+]
 Quiet = Annotated[
     bool,
     typer.Option("--quiet", "-q", help="No progress bar, warnings or summary line.", rich_help_panel=_RUN),
@@ -250,13 +294,3 @@ def parse_pooler_config_option(value: str | None) -> dict[str, Any]:
 
 def flags_pooler(**fields: Any) -> PoolerConfig:
     return PoolerConfig(**{k: v for k, v in fields.items() if v is not None}).canonical()
-
-
-def default_output(input_path: str, task: str) -> str:
-    if input_path == "-":
-        return f"stdin.{task}.parquet"
-    p = Path(input_path.rstrip("/"))
-    if any(ch in input_path for ch in "*?["):
-        return f"{task}.parquet"
-    stem = p.name.split(".")[0] or "output"
-    return str(p.with_name(f"{stem}.{task}.parquet"))

@@ -9,7 +9,8 @@ import msgspec
 from poolcli.commands import _options as o
 from poolcli.config import PoolerConfig, RunConfig, parse_pooler_config
 from poolcli.console import make_progress, print_summary
-from poolcli.errors import UsageError
+from poolcli.errors import ErrorBudgetExceeded, Interrupted, PoolcliError, UsageError
+from poolcli.io.writers import default_output
 from poolcli.vocab import Convert, DType, OnTooLong, OutputDType, PoolingTask, Task, TruncationSide
 
 
@@ -42,6 +43,10 @@ class RunRequest(msgspec.Struct, kw_only=True):
     max_batch_tokens: str
     max_batch_size: int
     window_rows: int
+    part_rows: int
+    overwrite: bool
+    max_errors: int | None
+    max_error_rate: float | None
     quiet: bool
     progress: bool | None
     verbose: bool
@@ -63,7 +68,7 @@ def build_run_config(req: RunRequest) -> RunConfig:
     return RunConfig(
         task=req.task,
         inputs=(req.input,),
-        output=req.output or o.default_output(req.input, req.task),
+        output=req.output or default_output(req.input, req.task),
         errors=req.errors,
         model=req.model,
         text_field=req.text_field,
@@ -75,6 +80,10 @@ def build_run_config(req: RunRequest) -> RunConfig:
         max_batch_tokens=o.parse_batch_tokens(req.max_batch_tokens),
         max_batch_size=req.max_batch_size,
         window_rows=req.window_rows,
+        part_rows=req.part_rows,
+        overwrite=req.overwrite,
+        max_errors=req.max_errors,
+        max_error_rate=req.max_error_rate,
         on_too_long=req.on_too_long,
         truncate_prompt_tokens=req.truncate_prompt_tokens,
         truncation_side=req.truncation_side,
@@ -113,9 +122,19 @@ def execute(req: RunRequest) -> None:
     from poolcli.engine.pipeline import run_embed
 
     progress = make_progress(f"{run.task} {model.name}", quiet=run.quiet, progress=run.progress)
-    summary = run_embed(run, plan, source, progress)
-    info = summary.as_dict()
-    if not run.verbose:
-        for key in ("padded_tokens", "batches", "padding_ratio"):
+    try:
+        summary = run_embed(run, plan, source, progress).as_dict()
+    except PoolcliError as exc:
+        # A stopped run still reports what it committed, before the error line.
+        partial = getattr(exc, "summary", None)
+        if partial is not None and isinstance(exc, Interrupted | ErrorBudgetExceeded):
+            print_summary(_trim(partial, run.verbose), quiet=run.quiet)
+        raise
+    print_summary(_trim(summary, run.verbose), quiet=run.quiet)
+
+
+def _trim(info: dict[str, Any], verbose: bool) -> dict[str, Any]:
+    if not verbose:
+        for key in ("padded_tokens", "batches", "padding_ratio", "oom_splits"):
             info.pop(key, None)
-    print_summary(info, quiet=run.quiet)
+    return info

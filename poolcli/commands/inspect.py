@@ -61,12 +61,12 @@ def inspect(
         "pooling_source": plan.pooling.source,
         "normalize": plan.params.normalize,
         "hidden_size": resolved.hidden_size,
-        "embedding_size": resolved.embedding_size,
+        "embedding_size": plan.embedding_size,
         "matryoshka": resolved.is_matryoshka,
         "dimensions_allowed": (
             list(resolved.matryoshka_dimensions)
             if resolved.matryoshka_dimensions
-            else (f"1..{resolved.embedding_size}" if resolved.is_matryoshka else [resolved.embedding_size])
+            else (f"1..{plan.embedding_size}" if resolved.is_matryoshka else [plan.embedding_size])
         ),
         "max_length": resolved.max_length,
         "max_length_source": resolved.max_length_source,

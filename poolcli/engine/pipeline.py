@@ -1,35 +1,47 @@
-"""The embed pipeline: read + tokenize (producer thread) -> schedule -> model -> pool -> write.
+"""The embed pipeline: read + tokenize (producer thread) -> schedule -> model -> pool -> commit parts.
 
 Reading and tokenizing run in a producer thread (the Rust tokenizer releases the GIL) while the model runs in the
-caller's thread; a bounded queue keeps memory flat. Each window of input rows is sorted by length, cut into
-batches under the padded-token budget, and written back in input order.
+caller's thread; a bounded queue keeps memory flat. Input rows are grouped into deterministic parts of
+`part_rows` rows; each part is read in windows that are sorted by length, cut into batches under the padded-token
+budget, written back in input order, and committed atomically (`poolcli.io.parts`). Part boundaries and batch
+composition depend only on the input and the options, so a resumed run recomputes exactly the same bytes.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 import numpy as np
 
 from poolcli import __version__
 from poolcli.config import RunConfig
-from poolcli.console import Progress
+from poolcli.console import Progress, print_warning
 from poolcli.engine.identity import fingerprint, weights_digest
 from poolcli.engine.plan import Plan
 from poolcli.engine.scheduler import cut_batches
+from poolcli.engine.signals import StopFlag
 from poolcli.engine.tokenize import Encoded, TextEncoder
-from poolcli.errors import InternalError, PoolcliError
+from poolcli.errors import ErrorBudgetExceeded, PoolcliError, UsageError
+from poolcli.faults import Faults
 from poolcli.io.arrow import EmbedTableBuilder
+from poolcli.io.parts import Layout, PartStore, PartWriter
 from poolcli.io.readers import Source
 from poolcli.io.records import Block, ErrorRow
-from poolcli.io.writers import DatasetDirSink, ErrorFileSink, JsonlStdoutSink, ParquetFileSink
+from poolcli.io.writers import ErrorFileSink, JsonlStdoutSink, default_output
+from poolcli.vocab import ErrorCode
+
+if TYPE_CHECKING:
+    import torch
+
+    from poolcli.engine.runner import ModelRunner
 
 DEFAULT_CPU_BATCH_TOKENS = 8192
 DEFAULT_GPU_BATCH_TOKENS = 65536
@@ -45,13 +57,18 @@ class Summary(msgspec.Struct, kw_only=True):
     tokens: int = 0
     padded_tokens: int = 0
     batches: int = 0
+    parts: int = 0
+    parts_skipped: int = 0
+    rows_computed: int = 0
+    oom_splits: int = 0
     seconds: float = 0.0
     output: str = ""
     errors_file: str | None = None
+    status: str = "ok"
 
     def as_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = msgspec.to_builtins(self)
-        d["rows_per_s"] = round(self.rows_out / self.seconds, 1) if self.seconds else None
+        d["rows_per_s"] = round(self.rows_computed / self.seconds, 1) if self.seconds and self.rows_computed else None
         d["padding_ratio"] = round(1 - self.tokens / self.padded_tokens, 4) if self.padded_tokens else 0.0
         d["seconds"] = round(self.seconds, 3)
         return d
@@ -72,34 +89,42 @@ def default_errors_path(run: RunConfig) -> Path:
     if kind == "dir":
         return Path(run.output) / "_errors.jsonl"
     if kind == "stdout":
-        stem = "stdin" if run.inputs[0] == "-" else Path(run.inputs[0]).name.split(".")[0]
-        return Path(f"{stem}.{run.task}.errors.jsonl")
+        return Path(default_output(run.inputs[0], run.task).removesuffix(".parquet") + ".errors.jsonl")
     out = Path(run.output)
     return out.with_name(out.name.removesuffix(".parquet") + ".errors.jsonl")
+
+
+class _Item(NamedTuple):
+    block: Block
+    encoded: list[Encoded] | None
+    """None for a block of a part that is already committed (it is read, not tokenized)."""
+    position: int
+    """How far into the input the reader was when the block ended (in `Source.total` units)."""
 
 
 class _Producer(threading.Thread):
     """Reads blocks and tokenizes them ahead of the model; errors travel through the queue."""
 
-    def __init__(self, source: Source, encoder: TextEncoder, window_rows: int) -> None:
+    def __init__(self, source: Source, encoder: TextEncoder, window_rows: int, skip: Callable[[Block], bool]):
         super().__init__(name="poolcli-reader", daemon=True)
         self.source = source
         self.encoder = encoder
         self.window_rows = window_rows
-        self.out: queue.Queue[tuple[Block, list[Encoded]] | BaseException | None] = queue.Queue(_QUEUE_DEPTH)
+        self.skip = skip
+        self.out: queue.Queue[_Item | BaseException | None] = queue.Queue(_QUEUE_DEPTH)
         self.stop = threading.Event()
 
     def run(self) -> None:
         try:
             for block in self.source.blocks(self.window_rows):
-                encoded = self.encoder.encode(block.texts) if block.texts else []
-                if not self._put((block, encoded)):
+                encoded = None if self.skip(block) else (self.encoder.encode(block.texts) if block.texts else [])
+                if not self._put(_Item(block, encoded, self.source.done)):
                     return
             self._put(None)
         except BaseException as exc:  # handed to the consumer, which re-raises it
             self._put(exc)
 
-    def _put(self, item: tuple[Block, list[Encoded]] | BaseException | None) -> bool:
+    def _put(self, item: _Item | BaseException | None) -> bool:
         while not self.stop.is_set():
             try:
                 self.out.put(item, timeout=0.1)
@@ -108,7 +133,7 @@ class _Producer(threading.Thread):
                 continue
         return False
 
-    def items(self) -> Iterator[tuple[Block, list[Encoded]]]:
+    def items(self) -> Iterator[_Item]:
         while True:
             item = self.out.get()
             if item is None:
@@ -118,147 +143,429 @@ class _Producer(threading.Thread):
             yield item
 
 
-def run_embed(run: RunConfig, plan: Plan, source: Source, progress: Progress) -> Summary:
+def _is_oom(exc: BaseException) -> bool:
     import torch
 
-    from poolcli.engine.runner import ModelRunner, collate, load_projector
-    from poolcli.pooler.dispatch import EmbedPooler
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
+
+class Embedder:
+    """Token ids of one window -> vectors, batch by batch, with OOM splitting and the fp32 retry of NaN rows."""
+
+    def __init__(self, run: RunConfig, plan: Plan, faults: Faults, *, quiet: bool) -> None:
+        from poolcli.engine.runner import ModelRunner, load_projector
+        from poolcli.pooler.dispatch import EmbedPooler
+
+        self.run = run
+        self.plan = plan
+        self.faults = faults
+        self.quiet = quiet
+        model = plan.model
+        self.runner = ModelRunner(model, device=run.device, dtype=run.dtype, trust_remote_code=run.trust_remote_code)
+        self.encoder = TextEncoder(plan)
+        projector = load_projector(Path(model.root), model.dense)
+        if projector is not None:
+            projector = projector.to(self.runner.device)
+        self.pooler = EmbedPooler(
+            plan.pooling.modes,
+            projector=projector,
+            dimensions=plan.params.dimensions,
+            normalize=plan.params.normalize,
+            skip_prompt_tokens=self.encoder.prompt_tokens,
+        )
+        self.dim = plan.params.dimensions or plan.embedding_size
+        self.budget = run.max_batch_tokens or (
+            DEFAULT_GPU_BATCH_TOKENS if self.runner.device.type == "cuda" else DEFAULT_CPU_BATCH_TOKENS
+        )
+        self._fp32: ModelRunner | None = None
+        self.batches = 0
+        self.padded_tokens = 0
+        self.oom_splits = 0
+
+    def _forward(self, runner: ModelRunner, seqs: list[list[int]], rows: list[int], *, retry: bool) -> torch.Tensor:
+        import torch
+
+        from poolcli.engine.runner import collate
+
+        f = self.faults
+        ids, mask = collate(seqs, self.encoder.pad_id)
+        if f.fail_at_row is not None and f.fail_at_row in rows:
+            raise RuntimeError(f"injected model failure at input row {f.fail_at_row}")
+        if (f.oom_above_tokens is not None and ids.numel() > f.oom_above_tokens) or f.oom_rows.intersection(rows):
+            raise torch.OutOfMemoryError("injected out of memory")
+        with torch.inference_mode():
+            hidden = runner.hidden_states(ids, mask)
+            pooled = self.pooler(hidden, mask.to(runner.device)).float()
+            if f.nan_rows and (f.nan_always or not retry):
+                for j, row in enumerate(rows):
+                    if row in f.nan_rows:
+                        pooled[j] = float("nan")
+        if f.slow_batch_seconds:
+            time.sleep(f.slow_batch_seconds)
+        self.batches += 1
+        self.padded_tokens += ids.numel()
+        return pooled.cpu()
+
+    def embed(
+        self, seqs: list[list[int]], rows: list[int], stop: StopFlag, on_batch: Callable[[int, int], None]
+    ) -> tuple[np.ndarray, dict[int, tuple[ErrorCode, str]]]:
+        """Vectors for `seqs` (in their order) and the failures {index: (code, message)}."""
+        vectors = np.zeros((len(seqs), self.dim), dtype=np.float32)
+        failed: dict[int, tuple[ErrorCode, str]] = {}
+        lengths = [len(s) for s in seqs]
+
+        def compute(batch: list[int]) -> None:
+            try:
+                out = self._forward(self.runner, [seqs[j] for j in batch], [rows[j] for j in batch], retry=False)
+            except Exception as exc:
+                if not _is_oom(exc):
+                    raise
+                self._free()
+                padded = len(batch) * max(lengths[j] for j in batch)
+                if len(batch) == 1:
+                    failed[batch[0]] = ("OOM_SINGLE_ROW", f"out of memory even alone ({lengths[batch[0]]} tokens)")
+                    print_warning(
+                        f"out of memory on a single row of {lengths[batch[0]]} tokens; it becomes an "
+                        "OOM_SINGLE_ROW error row",
+                        quiet=self.quiet,
+                    )
+                    return
+                half = len(batch) // 2
+                self.budget = min(self.budget, max(1, padded // 2))
+                self.oom_splits += 1
+                print_warning(
+                    f"out of memory on a batch of {len(batch)} rows x {padded // len(batch)} tokens; "
+                    f"splitting into {half} + {len(batch) - half}, batch budget now {self.budget} tokens",
+                    quiet=self.quiet,
+                )
+                compute(batch[:half])
+                compute(batch[half:])
+                return
+            vectors[batch] = out.numpy()
+            on_batch(len(batch), sum(lengths[j] for j in batch))
+
+        for batch in cut_batches(lengths, max_tokens=self.budget, max_rows=self.run.max_batch_size):
+            compute(batch)
+            stop.check()
+
+        bad = [j for j in np.flatnonzero(~np.isfinite(vectors).all(axis=1)).tolist() if j not in failed]
+        for j in bad:
+            out = self._forward(self._fp32_runner(), [seqs[j]], [rows[j]], retry=True)
+            if bool(np.isfinite(out.numpy()).all()):
+                vectors[j] = out.numpy()[0]
+            else:
+                failed[j] = ("NONFINITE_OUTPUT", "the model produced NaN or Inf for this row, also in float32 alone")
+        return vectors, failed
+
+    def _fp32_runner(self) -> ModelRunner:
+        import torch
+
+        from poolcli.engine.runner import ModelRunner
+
+        if self.runner.dtype == torch.float32:
+            return self.runner
+        if self._fp32 is None:
+            run = self.run
+            self._fp32 = ModelRunner(
+                self.plan.model, device=run.device, dtype="float32", trust_remote_code=run.trust_remote_code
+            )
+        return self._fp32
+
+    def _free(self) -> None:
+        import torch
+
+        gc.collect()
+        if self.runner.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+class _Window(NamedTuple):
+    table: Any
+    errors: list[ErrorRow]
+    tokens: int
+    truncated: int
+
+
+def _process_window(
+    item: _Item,
+    embedder: Embedder,
+    builder: EmbedTableBuilder,
+    run: RunConfig,
+    source: Source,
+    stop: StopFlag,
+    on_batch: Callable[[int, int], None],
+) -> _Window:
+    block, encoded = item.block, item.encoded
+    assert encoded is not None
+    plan = embedder.plan
+    bad = list(block.errors)
+    keep = list(range(len(block.texts)))
+    if plan.on_too_long == "error":
+        keep = []
+        for i, enc in enumerate(encoded):
+            if enc.truncated:
+                bad.append(
+                    ErrorRow(
+                        id=block.ids[i],
+                        source=block.sources[i],
+                        line=block.lines[i],
+                        code="TOO_LONG",
+                        row=block.rows[i],
+                        message=f"text is longer than {plan.max_tokens} tokens (--on-too-long error)",
+                    )
+                )
+            else:
+                keep.append(i)
+    vectors, failed = embedder.embed([encoded[i].ids for i in keep], [block.rows[i] for i in keep], stop, on_batch)
+    if failed:
+        for j, (code, message) in failed.items():
+            i = keep[j]
+            bad.append(
+                ErrorRow(
+                    id=block.ids[i],
+                    source=block.sources[i],
+                    line=block.lines[i],
+                    code=code,
+                    row=block.rows[i],
+                    message=message,
+                )
+            )
+        ok = [j for j in range(len(keep)) if j not in failed]
+        vectors = vectors[ok]
+        keep = [keep[j] for j in ok]
+    bad.sort(key=lambda e: e.row if e.row is not None else -1)
+    n_tokens = [len(encoded[i].ids) for i in keep]
+    truncated = [encoded[i].truncated for i in keep]
+    table = (
+        builder.table(
+            [block.ids[i] for i in keep],
+            vectors,
+            n_tokens,
+            truncated,
+            {c: [block.keep[c][i] for i in keep] for c in run.keep_columns},
+        )
+        if keep
+        else None
+    )
+    return _Window(table, bad, sum(n_tokens), sum(truncated))
+
+
+def run_embed(run: RunConfig, plan: Plan, source: Source, progress: Progress, faults: Faults | None = None) -> Summary:
+    from poolcli.engine.runner import resolve_device, resolve_dtype
+
+    faults = faults if faults is not None else Faults.from_env()
     started = time.monotonic()
+    summary = Summary(task=run.task, output=run.output)
+    if run.part_rows % run.window_rows and run.part_rows > run.window_rows:
+        raise UsageError(f"--part-rows ({run.part_rows}) must be a multiple of --window-rows ({run.window_rows})")
+    window_rows = min(run.window_rows, run.part_rows)
     model = plan.model
-    runner = ModelRunner(model, device=run.device, dtype=run.dtype, trust_remote_code=run.trust_remote_code)
-    encoder = TextEncoder(plan)
-    projector = load_projector(Path(model.root), model.dense)
-    if projector is not None:
-        projector = projector.to(runner.device)
-    pooler = EmbedPooler(
-        plan.pooling.modes,
-        projector=projector,
-        dimensions=plan.params.dimensions,
-        normalize=plan.params.normalize,
-        skip_prompt_tokens=encoder.prompt_tokens,
-    )
-    dim = plan.params.dimensions or model.embedding_size
-    budget = run.max_batch_tokens or (
-        DEFAULT_GPU_BATCH_TOKENS if runner.device.type == "cuda" else DEFAULT_CPU_BATCH_TOKENS
-    )
-
+    # Everything that decides the output bytes; a resumed run must match it exactly.
     identity = {
         "poolcli_version": __version__,
         "task": plan.task,
         "model": model.name,
         "model_weights_sha256": weights_digest(Path(model.root)),
         "plan": plan.describe(),
-        "dtype": str(runner.dtype).removeprefix("torch."),
+        "dtype": str(resolve_dtype(run.dtype, resolve_device(run.device))).removeprefix("torch."),
         "output_dtype": run.output_dtype,
+        "part_rows": run.part_rows,
+        "keep_columns": list(run.keep_columns),
+        "text_field": run.text_field,
+        "id_field": run.id_field,
         "input": source.listing(),
     }
     run_fingerprint = fingerprint(identity)
     metadata = {b"poolcli": msgspec.json.encode({**identity, "fingerprint": run_fingerprint})}
+    dim = plan.params.dimensions or plan.embedding_size
     builder = EmbedTableBuilder(dim, run.output_dtype, run.keep_columns, metadata)
-
     kind = output_kind(run.output)
-    sink: ParquetFileSink | DatasetDirSink | JsonlStdoutSink
-    if kind == "stdout":
-        sink = JsonlStdoutSink()
-    elif kind == "dir":
-        sink = DatasetDirSink(Path(run.output), part_rows=max(run.window_rows, 65536))
-    else:
-        sink = ParquetFileSink(Path(run.output))
-    errors = ErrorFileSink(default_errors_path(run), always=run.errors is not None)
-    summary = Summary(task=run.task, output=run.output)
-
-    producer = _Producer(source, encoder, run.window_rows)
-    producer.start()
+    embedder: Embedder | None = None
     try:
-        for block, encoded in producer.items():
-            summary.rows_in += block.n_rows
-            bad = list(block.errors)
-            keep_idx = list(range(len(block.texts)))
-            if plan.on_too_long == "error":
-                keep_idx = []
-                for i, enc in enumerate(encoded):
-                    if enc.truncated:
-                        bad.append(
-                            ErrorRow(
-                                id=block.ids[i],
-                                source=source.spec.path,
-                                code="TOO_LONG",
-                                row=block.rows[i],
-                                message=f"text is longer than {plan.max_tokens} tokens (--on-too-long error)",
-                            )
-                        )
+        with StopFlag() as stop:
+            if kind == "stdout":
+                embedder = Embedder(run, plan, faults, quiet=run.quiet)
+                _stream(run, embedder, builder, source, progress, stop, summary, window_rows)
+            else:
+                layout = Layout.for_output(run.output, "dir" if kind == "dir" else "file")
+                store = PartStore(layout, run_fingerprint, identity, faults)
+                try:
+                    if store.open(overwrite=run.overwrite):
+                        # Finished by an earlier run of this very command: nothing to do, nothing rewritten.
+                        summary.status = "already complete"
+                        summary.rows_out = store.committed_rows()
                     else:
-                        keep_idx.append(i)
-            vectors = np.empty((len(keep_idx), dim), dtype=np.float32)
-            lengths = [len(encoded[i].ids) for i in keep_idx]
-            for batch in cut_batches(lengths, max_tokens=budget, max_rows=run.max_batch_size):
-                ids, mask = collate([encoded[keep_idx[j]].ids for j in batch], encoder.pad_id)
-                with torch.inference_mode():
-                    hidden = runner.hidden_states(ids, mask)
-                    pooled = pooler(hidden, mask.to(runner.device))
-                vectors[batch] = pooled.float().cpu().numpy()
-                summary.batches += 1
-                summary.padded_tokens += ids.numel()
-            finite = np.asarray(np.isfinite(vectors).all(axis=1), dtype=bool)
-            if not finite.all():
-                for j in np.flatnonzero(~finite):
-                    i = keep_idx[j]
-                    bad.append(
-                        ErrorRow(
-                            id=block.ids[i],
-                            source=source.spec.path,
-                            code="NONFINITE_OUTPUT",
-                            row=block.rows[i],
-                            message="the model produced NaN or Inf for this row",
-                        )
-                    )
-                vectors = vectors[finite]
-                keep_idx = [i for i, ok in zip(keep_idx, list(finite), strict=True) if ok]
-            bad.sort(key=lambda e: e.row if e.row is not None else -1)
-            errors.write(bad)
-            summary.errors += len(bad)
-            if keep_idx:
-                n_tokens = [len(encoded[i].ids) for i in keep_idx]
-                truncated = [encoded[i].truncated for i in keep_idx]
-                table = builder.table(
-                    [block.ids[i] for i in keep_idx],
-                    vectors,
-                    n_tokens,
-                    truncated,
-                    {c: [block.keep[c][i] for i in keep_idx] for c in run.keep_columns},
-                )
-                sink.write(table)
-                summary.rows_out += len(keep_idx)
-                summary.tokens += sum(n_tokens)
-                summary.truncated += sum(truncated)
-            fraction = source.done / source.total if source.total else None
-            progress.update(summary.rows_in, summary.tokens, fraction)
-        schema = builder.schema or _empty_schema(builder)
-        if isinstance(sink, DatasetDirSink):
-            sink.commit(schema, {"fingerprint": run_fingerprint, "errors": summary.errors, "rows_in": summary.rows_in})
-        else:
-            sink.commit(schema)
-        committed = errors.commit()
-        summary.errors_file = str(committed) if committed else None
-    except BaseException as exc:
-        producer.stop.set()
-        sink.abort()
-        errors.abort()
-        if isinstance(exc, PoolcliError | KeyboardInterrupt | SystemExit):
-            raise
-        if isinstance(exc, MemoryError):
-            raise InternalError("out of memory; lower --max-batch-tokens or --window-rows") from exc
+                        embedder = Embedder(run, plan, faults, quiet=run.quiet)
+                        _parts(run, embedder, builder, source, progress, stop, summary, store, window_rows)
+                finally:
+                    store.close()
+    except PoolcliError as exc:
+        summary.seconds = time.monotonic() - started
+        summary.status = type(exc).__name__
+        exc.summary = summary.as_dict()  # type: ignore[attr-defined]
         raise
     finally:
-        producer.stop.set()
         progress.close()
+    if embedder is not None:
+        summary.batches = embedder.batches
+        summary.padded_tokens = embedder.padded_tokens
+        summary.oom_splits = embedder.oom_splits
     summary.seconds = time.monotonic() - started
     return summary
 
 
-def _empty_schema(builder: EmbedTableBuilder) -> Any:
-    empty = builder.table(
-        [], np.empty((0, builder.dim), dtype=np.float32), [], [], {c: [] for c in builder.keep_columns}
+def _progress_fraction(source: Source, position: float) -> float | None:
+    return position / source.total if source.total else None
+
+
+def _stream(
+    run: RunConfig,
+    embedder: Embedder,
+    builder: EmbedTableBuilder,
+    source: Source,
+    progress: Progress,
+    stop: StopFlag,
+    summary: Summary,
+    window_rows: int,
+) -> None:
+    """`-o -`: JSONL on stdout as windows finish; nothing to resume."""
+    sink = JsonlStdoutSink()
+    errors = ErrorFileSink(default_errors_path(run), always=run.errors is not None)
+    producer = _Producer(source, embedder.encoder, window_rows, skip=lambda b: False)
+    producer.start()
+    try:
+        for item in producer.items():
+            summary.rows_in += item.block.n_rows
+            window = _process_window(item, embedder, builder, run, source, stop, lambda n, t: None)
+            errors.write(window.errors)
+            summary.errors += len(window.errors)
+            if window.table is not None:
+                sink.write(window.table)
+                summary.rows_out += window.table.num_rows
+                summary.rows_computed += window.table.num_rows
+            summary.tokens += window.tokens
+            summary.truncated += window.truncated
+            progress.update(summary.rows_out, summary.tokens, _progress_fraction(source, item.position))
+            _check_budget(run, summary)
+        committed = errors.commit()
+        summary.errors_file = str(committed) if committed else None
+    except BaseException:
+        errors.abort()
+        raise
+    finally:
+        producer.stop.set()
+
+
+def _check_budget(run: RunConfig, summary: Summary) -> None:
+    over_count = run.max_errors is not None and summary.errors > run.max_errors
+    over_rate = (
+        run.max_error_rate is not None
+        and summary.rows_in >= 1000
+        and summary.errors / summary.rows_in > run.max_error_rate
     )
-    return empty.schema
+    if over_count or over_rate:
+        limit = f"--max-errors {run.max_errors}" if over_count else f"--max-error-rate {run.max_error_rate}"
+        raise ErrorBudgetExceeded(
+            f"{summary.errors} error rows exceed {limit}; committed parts are kept, no _SUCCESS",
+            hint="see the error file; rerun resumes",
+        )
+
+
+def _parts(
+    run: RunConfig,
+    embedder: Embedder,
+    builder: EmbedTableBuilder,
+    source: Source,
+    progress: Progress,
+    stop: StopFlag,
+    summary: Summary,
+    store: PartStore,
+    window_rows: int,
+) -> None:
+    errors_path = default_errors_path(run)
+    done = set(store.done)
+    part_rows = run.part_rows
+    producer = _Producer(source, embedder.encoder, window_rows, skip=lambda b: b.first_row // part_rows in done)
+    current: PartWriter | None = None
+    seen_done: set[int] = set()
+    position = 0.0
+    computed_rows = computed_tokens = 0
+
+    def on_batch(rows: int, tokens: int) -> None:
+        nonlocal computed_rows, computed_tokens
+        computed_rows += rows
+        computed_tokens += tokens
+        progress.update(
+            summary.rows_out + computed_rows, summary.tokens + computed_tokens, _progress_fraction(source, position)
+        )
+
+    def commit(writer: PartWriter) -> None:
+        nonlocal computed_rows, computed_tokens
+        marker = writer.commit()
+        summary.parts += 1
+        summary.rows_in += marker.rows_in
+        summary.rows_out += marker.rows_ok
+        summary.rows_computed += marker.rows_ok
+        summary.errors += marker.rows_err
+        summary.tokens += marker.tokens
+        summary.truncated += marker.truncated
+        computed_rows = computed_tokens = 0
+        _check_budget(run, summary)
+
+    producer.start()
+    try:
+        for item in producer.items():
+            block = item.block
+            k = block.first_row // part_rows
+            if current is not None and current.k != k:
+                commit(current)
+                current = None
+            if k in done:
+                if k not in seen_done:
+                    seen_done.add(k)
+                    m = store.done[k]
+                    summary.parts += 1
+                    summary.parts_skipped += 1
+                    summary.rows_in += m.rows_in
+                    summary.rows_out += m.rows_ok
+                    summary.errors += m.rows_err
+                    summary.tokens += m.tokens
+                    summary.truncated += m.truncated
+                builder.observe(block)
+                position = item.position
+                continue
+            if current is None:
+                current = store.begin(k, block.first_row)
+            window = _process_window(item, embedder, builder, run, source, stop, on_batch)
+            if window.table is not None:
+                current.write(window.table)
+            current.errors.extend(window.errors)
+            current.rows_in += block.n_rows
+            current.tokens += window.tokens
+            current.truncated += window.truncated
+            position = item.position
+            stop.check()
+        if current is not None:
+            commit(current)
+            current = None
+        n_parts = -(-summary.rows_in // part_rows)
+        schema = builder.schema or builder.empty_schema()
+        write_errors = summary.errors > 0 or run.errors is not None
+        store.finish(n_parts, schema, errors_path if write_errors else None)
+        if not write_errors and run.errors is None and errors_path.exists():
+            errors_path.unlink()  # left by an earlier run of different input: it would now be a lie
+        summary.errors_file = str(errors_path) if write_errors else None
+    except ErrorBudgetExceeded:
+        # Over the error budget: the committed parts and their error rows stay, visible in the error file.
+        if current is not None:
+            current.abort()
+            current = None
+        store.finish_errors_only(errors_path)
+        summary.errors_file = str(errors_path)
+        raise
+    finally:
+        if current is not None:
+            current.abort()
+        producer.stop.set()

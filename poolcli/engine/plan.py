@@ -60,6 +60,8 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     pooler: PoolerConfig
     """The merged pooler config (canonical fields only)."""
     pooling: PoolingSpec
+    embedding_size: int
+    """Length of the head's output before any matryoshka slice."""
     params: PoolingParams
     prompt: str | None
     prompt_name: str | None
@@ -151,13 +153,19 @@ def build_plan(run: RunConfig, model: ResolvedModel, task: PoolingTask) -> Plan:
     if upper.task is not None and upper.task != task:
         raise UsageError(f"pooler config task {upper.task!r} contradicts the command ({task!r})")
     merged = upper.over(_st_layer(model))
+    if merged.enable_chunked_processing or merged.max_embed_len is not None:
+        raise UsageError(
+            "chunked processing of long inputs (enable_chunked_processing, max_embed_len) is not implemented yet",
+            hint="long inputs are truncated (or --on-too-long error)",
+        )
     if merged.tok_pooling_type is not None and task in ("embed", "classify"):
         raise UsageError(f"pooling type {merged.tok_pooling_type} is for token tasks; {task!r} takes CLS, LAST or MEAN")
     pooling = _pooling_spec(merged.seq_pooling_type, upper.seq_pooling_type, model.st_pooling, model)
 
+    embedding_size = _embedding_size(pooling, model)
     dimensions = merged.dimensions
     if dimensions is not None and task in ("embed", "token_embed"):
-        _check_dimensions(dimensions, model)
+        _check_dimensions(dimensions, model, embedding_size)
     normalize = True if merged.use_activation is None else merged.use_activation
     params = PoolingParams(
         task=task,
@@ -184,6 +192,7 @@ def build_plan(run: RunConfig, model: ResolvedModel, task: PoolingTask) -> Plan:
         task=task,
         pooler=merged,
         pooling=pooling,
+        embedding_size=embedding_size,
         params=params,
         prompt=prompt,
         prompt_name=prompt_name,
@@ -194,7 +203,20 @@ def build_plan(run: RunConfig, model: ResolvedModel, task: PoolingTask) -> Plan:
     )
 
 
-def _check_dimensions(dimensions: int, model: ResolvedModel) -> None:
+def _embedding_size(pooling: PoolingSpec, model: ResolvedModel) -> int:
+    pooled = model.hidden_size * len(pooling.modes)
+    if not model.dense:
+        return pooled
+    if model.dense[0].in_features != pooled:
+        raise UsageError(
+            f"pooling {pooling.label} gives {pooled}-dim vectors but the model's Dense projector takes "
+            f"{model.dense[0].in_features}",
+            hint="keep the model's own pooling for this model",
+        )
+    return model.dense[-1].out_features
+
+
+def _check_dimensions(dimensions: int, model: ResolvedModel, embedding_size: int) -> None:
     if not model.is_matryoshka:
         raise UsageError(
             f'model "{model.name}" does not support matryoshka representation; changing output dimensions would '
@@ -206,5 +228,5 @@ def _check_dimensions(dimensions: int, model: ResolvedModel) -> None:
             f"model {model.name!r} only supports matryoshka dimensions {list(model.matryoshka_dimensions)}, "
             f"not {dimensions}"
         )
-    if dimensions > model.embedding_size:
-        raise UsageError(f"--dimensions {dimensions} is larger than the model's vector ({model.embedding_size})")
+    if dimensions > embedding_size:
+        raise UsageError(f"--dimensions {dimensions} is larger than the model's vector ({embedding_size})")

@@ -139,15 +139,6 @@ class ResolvedModel(msgspec.Struct, frozen=True, kw_only=True):
     matryoshka_dimensions: tuple[int, ...] | None = None
     hf_overrides: dict[str, Any] = msgspec.field(default_factory=dict)
 
-    @property
-    def embedding_size(self) -> int:
-        """Length of the vector the embedding head produces before any matryoshka slice."""
-        if self.dense:
-            return self.dense[-1].out_features
-        if self.st_pooling is not None:
-            return self.hidden_size * len(self.st_pooling.modes)
-        return self.hidden_size
-
 
 def bundled_model_path() -> Path:
     try:
@@ -278,12 +269,7 @@ def resolve_model(
     max_model_len: int | None = None,
 ) -> ResolvedModel:
     name, path, source = locate_model(spec)
-    config_path = path / "config.json"
-    if not config_path.is_file():
-        raise NoInputError(f"model directory {path} has no config.json")
-    config: dict[str, Any] = _read_json(config_path, what="model config")
     overrides = dict(hf_overrides or {})
-    config.update(overrides)
 
     # Sentence-Transformers files: the model body may sit in a subfolder (old "0_Transformer" layout).
     st_pooling: StPooling | None = None
@@ -313,8 +299,10 @@ def resolve_model(
                     f"{modules_path}: module {module.get('type')!r} is not supported",
                     hint="poolcli honours Transformer, Pooling, Dense and Normalize modules",
                 )
-        if body != path:
-            config = _read_json(body / "config.json", what="model config") | overrides
+    config_path = body / "config.json"
+    if not config_path.is_file():
+        raise NoInputError(f"model directory {body} has no config.json")
+    config: dict[str, Any] = _read_json(config_path, what="model config") | overrides
 
     architectures = config.get("architectures") or []
     if isinstance(architectures, str):
@@ -329,8 +317,7 @@ def resolve_model(
     # Sentence-Transformers tokenizer config (used only when it has both keys, as vLLM does).
     st_max: int | None = None
     lower = False
-    for fname in _ST_TOKENIZER_CONFIGS:
-        f = path / fname
+    for f in [folder / name for folder in dict.fromkeys((path, body)) for name in _ST_TOKENIZER_CONFIGS]:
         if f.is_file():
             st_cfg = _read_json(f, what="Sentence-Transformers config")
             if "max_seq_length" in st_cfg and st_cfg["max_seq_length"] is not None:

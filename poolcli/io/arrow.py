@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 
 from poolcli.errors import DataError
+from poolcli.io.records import Block
 from poolcli.vocab import OutputDType
 
 if TYPE_CHECKING:
@@ -38,6 +39,23 @@ class EmbedTableBuilder:
         self.metadata = metadata
         self.schema: pa.Schema | None = None
 
+    def observe(self, block: Block) -> None:
+        """Fix the schema from a block that is not computed (a resumed run skipping committed parts), so every
+        run of the same command derives the same column types from the same first rows."""
+        if self.schema is None and block.ids:
+            n = len(block.ids)
+            self.table(block.ids, np.zeros((n, self.dim), dtype=np.float32), [0] * n, [False] * n, block.keep)
+
+    def empty_schema(self) -> pa.Schema:
+        fields = [
+            pa.field("id", pa.string()),
+            pa.field("embedding", pa.list_(_ARROW_FLOAT[self.dtype], self.dim)),
+            pa.field("n_tokens", pa.int32()),
+            pa.field("truncated", pa.bool_()),
+        ]
+        fields += [pa.field(c, pa.null()) for c in self.keep_columns]
+        return pa.schema(fields, metadata=self.metadata)
+
     def table(
         self,
         ids: list[Any],
@@ -54,13 +72,19 @@ class EmbedTableBuilder:
             pa.array(truncated, type=pa.bool_()),
         ]
         names = ["id", "embedding", "n_tokens", "truncated"]
+        promoted = False
         for col in self.keep_columns:
+            known = types.field(col).type if types is not None else None
+            if known is not None and pa.types.is_null(known):
+                known = None  # all-null so far: the first non-null values decide the type
             try:
-                arrays.append(pa.array(keep[col], type=types.field(col).type if types is not None else None))
-            except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+                arr = pa.array(keep[col], type=known)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
                 raise DataError(f"column {col!r} changes type within the input: {exc}") from None
+            promoted |= types is not None and known is None and not pa.types.is_null(arr.type)
+            arrays.append(arr)
             names.append(col)
-        if self.schema is None:
+        if self.schema is None or promoted:
             fields = [pa.field(name, arr.type) for name, arr in zip(names, arrays, strict=True)]
             self.schema = pa.schema(fields, metadata=self.metadata)
         return pa.Table.from_arrays(arrays, schema=self.schema)

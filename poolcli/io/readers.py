@@ -11,6 +11,7 @@ import gzip
 import io
 import os
 import sys
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -66,12 +67,16 @@ class _RowSink:
         elif rid is _MISSING or rid is None:
             return self.error(row, None, "MISSING_FIELD", f"id field {self.id_field!r} is missing", source, line)
         else:
-            if isinstance(rid, bool) or not isinstance(rid, int | str):
+            if (
+                isinstance(rid, bool)
+                or not isinstance(rid, int | str)
+                or (isinstance(rid, int) and not -(2**63) <= rid < 2**63)
+            ):
                 return self.error(
                     row,
                     None,
                     "WRONG_TYPE",
-                    f"id field {self.id_field!r} must be a string or an integer, got {type(rid).__name__}",
+                    f"id field {self.id_field!r} must be a string or a 64-bit integer, got {_describe(rid)}",
                     source,
                     line,
                 )
@@ -117,6 +122,8 @@ class _RowSink:
         b.rows.append(row)
         b.ids.append(rid)
         b.texts.append(text)
+        b.sources.append(source)
+        b.lines.append(line)
         for col in self.spec.keep_columns:
             b.keep[col].append(keep.get(col))
 
@@ -173,7 +180,7 @@ class Source:
             source = "<stdin>" if path == "-" else path
             with _open_binary(path) as (stream, position):
                 self.total = self._total_bytes()
-                for line_no, raw in enumerate(stream, start=1):
+                for line_no, raw in _lines(stream, source):
                     if not raw.strip():
                         continue  # blank lines are not rows
                     self.done = position()
@@ -237,11 +244,25 @@ class Source:
             source = "<stdin>" if path == "-" else path
             with _open_binary(path) as (stream, position):
                 self.total = self._total_bytes()
-                for line_no, raw in enumerate(stream, start=1):
+                for line_no, raw in _lines(stream, source):
                     self.done = position()
                     sink.add(row, None, raw.rstrip(b"\r\n"), {}, source, line_no)
                     row += 1
                     yield
+
+    def check_columns(self) -> None:
+        """Columnar inputs: a missing column is a whole-input error, found before any model is loaded."""
+        if self.format == "parquet":
+            import pyarrow.parquet as pq
+
+            for f in self.files:
+                try:
+                    names = pq.read_schema(f).names
+                except Exception as exc:  # pyarrow raises ArrowInvalid / OSError for a broken file
+                    raise DataError(f"{f}: not a readable Parquet file ({exc})".splitlines()[0]) from None
+                id_field = self.spec.id_field
+                spec = InputSpec(self.spec.path, self.spec.text_field, id_field, self.spec.keep_columns)
+                Source(spec, "parquet", [f])._columns_needed(names, f)
 
     def _columns_needed(self, names: list[str], source: str) -> list[str]:
         spec = self.spec
@@ -277,15 +298,18 @@ class Source:
             schema = pf.schema_arrow
             cols = Source(spec, "parquet", [path])._columns_needed(schema.names, path)
             text_type = schema.field(spec.text_field).type
+            if pa.types.is_dictionary(text_type):
+                text_type = text_type.value_type
             if not (
-                pa.types.is_string(text_type)
+                pa.types.is_string_view(text_type)
+                or pa.types.is_string(text_type)
                 or pa.types.is_large_string(text_type)
                 or pa.types.is_binary(text_type)
                 or pa.types.is_large_binary(text_type)
             ):
                 raise DataError(f"{path}: column {spec.text_field!r} is {text_type}, not a string column")
             for batch in pf.iter_batches(batch_size=8192, columns=cols):
-                data = {name: batch.column(name).to_pylist() for name in cols}
+                data = {name: _plain(batch.column(name)).to_pylist() for name in cols}
                 texts = data[spec.text_field]
                 ids = data[sink.id_field] if sink.id_field is not None else None
                 for i in range(batch.num_rows):
@@ -299,16 +323,30 @@ class Source:
         import pyarrow as pa
         import pyarrow.csv as pacsv
 
-        delimiter = "\t" if self.format == "tsv" else ","
+        # TSV has no quoting: a '"' is text and a row ends at the newline. CSV follows RFC 4180.
+        tsv = self.format == "tsv"
         row = 0
         self.total = self._total_bytes()
         for path in self.files:
-            with open(path, "rb") as probe:
-                header = pacsv.open_csv(
-                    probe,
-                    parse_options=pacsv.ParseOptions(delimiter=delimiter),
-                    read_options=pacsv.ReadOptions(block_size=1 << 16),
-                ).schema.names
+            bad_rows: list[str] = []
+
+            def on_invalid(invalid: Any, bad_rows: list[str] = bad_rows) -> str:
+                bad_rows.append(f"expected {invalid.expected_columns} fields, got {invalid.actual_columns}")
+                return "skip"
+
+            parse = pacsv.ParseOptions(
+                delimiter="\t" if tsv else ",",
+                quote_char=False if tsv else '"',
+                newlines_in_values=not tsv,
+                invalid_row_handler=on_invalid,
+            )
+            try:
+                with open(path, "rb") as probe:
+                    header = pacsv.open_csv(
+                        probe, parse_options=parse, read_options=pacsv.ReadOptions(block_size=1 << 16)
+                    ).schema.names
+            except pa.ArrowInvalid as exc:
+                raise DataError(f"{path}: cannot read a header row ({exc})") from None
             if self.spec.id_field is None:
                 sink.id_field = "id" if "id" in header else None
             spec = InputSpec(self.spec.path, self.spec.text_field, sink.id_field, self.spec.keep_columns)
@@ -318,33 +356,78 @@ class Source:
             types = {c: pa.string() for c in header}
             types[spec.text_field] = pa.binary()
             with open(path, "rb") as fh:
-                reader = pacsv.open_csv(
-                    fh,
-                    parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
-                    read_options=pacsv.ReadOptions(block_size=1 << 20),
-                    convert_options=pacsv.ConvertOptions(
-                        column_types=types,
-                        include_columns=cols,
-                        strings_can_be_null=False,
-                        quoted_strings_can_be_null=False,
-                    ),
-                )
-                for batch in reader:
-                    self.done = fh.tell()
-                    data = {name: batch.column(name).to_pylist() for name in cols}
-                    ids = data[sink.id_field] if sink.id_field is not None else None
-                    for i in range(batch.num_rows):
-                        keep = {c: data[c][i] for c in spec.keep_columns}
-                        sink.add(
-                            row,
-                            ids[i] if ids is not None else None,
-                            data[spec.text_field][i],
-                            keep,
-                            path,
-                            None,
-                        )
+                try:
+                    reader = pacsv.open_csv(
+                        fh,
+                        parse_options=parse,
+                        read_options=pacsv.ReadOptions(block_size=1 << 20),
+                        convert_options=pacsv.ConvertOptions(
+                            column_types=types,
+                            include_columns=cols,
+                            strings_can_be_null=False,
+                            quoted_strings_can_be_null=False,
+                        ),
+                    )
+                    batches = iter(reader)
+                    while True:
+                        try:
+                            batch = next(batches)
+                        except StopIteration:
+                            break
+                        self.done = fh.tell()
+                        # Rows the parser rejected in this block: one error row each, ahead of the block's rows.
+                        for message in bad_rows:
+                            sink.error(
+                                row, row if sink.id_field is None else None, "MALFORMED_ROW", message, path, None
+                            )
+                            row += 1
+                            yield
+                        bad_rows.clear()
+                        data = {name: batch.column(name).to_pylist() for name in cols}
+                        ids = data[sink.id_field] if sink.id_field is not None else None
+                        for i in range(batch.num_rows):
+                            keep = {c: data[c][i] for c in spec.keep_columns}
+                            sink.add(
+                                row, ids[i] if ids is not None else None, data[spec.text_field][i], keep, path, None
+                            )
+                            row += 1
+                            yield
+                    for message in bad_rows:
+                        sink.error(row, row if sink.id_field is None else None, "MALFORMED_ROW", message, path, None)
                         row += 1
                         yield
+                except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+                    raise DataError(f"{path}: {exc}".splitlines()[0]) from None
+
+
+def _plain(column: Any) -> Any:
+    """Dictionary-encoded columns (pandas categories) read as their values."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(column.type):
+        return column.dictionary_decode()
+    return column
+
+
+def _lines(stream: IO[bytes], source: str) -> Iterator[tuple[int, bytes]]:
+    """Numbered lines; a UTF-8 byte-order mark before the first is dropped, and a corrupt or truncated
+    compressed stream is a one-line data error naming the file and line."""
+    line_no = 0
+    try:
+        for line_no, raw in enumerate(stream, start=1):
+            yield line_no, (raw.removeprefix(b"\xef\xbb\xbf") if line_no == 1 else raw)
+    except (EOFError, OSError, zlib.error) as exc:
+        raise DataError(f"{source}: cannot read past line {line_no}: {exc}") from None
+    except Exception as exc:  # zstandard.ZstdError and friends
+        if type(exc).__module__.startswith("zstandard"):
+            raise DataError(f"{source}: cannot read past line {line_no}: {exc}") from None
+        raise
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return "an integer outside the 64-bit range"
+    return type(value).__name__
 
 
 def _json_kind(obj: Any) -> str:
@@ -435,4 +518,6 @@ def open_source(spec: InputSpec) -> Source:
     assert fmt is not None
     if fmt != "jsonl" and fmt != "txt" and any(f.endswith((".gz", ".zst")) for f in files):
         raise UsageError(f"{path}: only JSONL and TXT inputs may be compressed")
-    return Source(spec, fmt, files)
+    source = Source(spec, fmt, files)
+    source.check_columns()
+    return source

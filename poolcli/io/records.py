@@ -35,5 +35,7 @@ class Block(msgspec.Struct):
     rows: list[int] = msgspec.field(default_factory=list)
     ids: list[Any] = msgspec.field(default_factory=list)
     texts: list[str] = msgspec.field(default_factory=list)
+    sources: list[str] = msgspec.field(default_factory=list)
+    lines: list[int | None] = msgspec.field(default_factory=list)
     keep: dict[str, list[Any]] = msgspec.field(default_factory=dict)
     errors: list[ErrorRow] = msgspec.field(default_factory=list)

@@ -1,6 +1,6 @@
-"""Writers that never leave a half-written file where a reader looks.
+"""Streaming JSONL output, the error-row file of a streamed run, and output naming.
 
-Every file is written under a hidden staging name in the destination directory, closed, fsynced, and renamed into
+Every file here is written under a hidden staging name in the destination directory, closed, fsynced, and renamed into
 place; the directory is fsynced after the rename so the new name survives a power loss.
 """
 
@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import sys
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING
 
 import msgspec
 
@@ -20,7 +19,6 @@ from poolcli.errors import CantCreateError, OutputIOError
 
 if TYPE_CHECKING:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from poolcli.io.records import ErrorRow
 
@@ -55,98 +53,6 @@ def _io_error(action: str, path: Path, exc: OSError) -> OutputIOError | CantCrea
     if exc.errno in (errno.EACCES, errno.EROFS, errno.ENOENT, errno.ENOTDIR, errno.EISDIR):
         return CantCreateError(f"cannot {action} {path}: {exc.strerror}")
     return OutputIOError(f"cannot {action} {path}: {exc.strerror or exc}")
-
-
-class ParquetFileSink:
-    """One Parquet file, appended window by window under a staging name and renamed into place on `commit`."""
-
-    def __init__(self, final: Path, row_group_rows: int = 65536) -> None:
-        self.final = final
-        self.staged = staging_path(final)
-        self.writer: pq.ParquetWriter | None = None
-        self.rows = 0
-        self.row_group_rows = row_group_rows
-        try:
-            final.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise _io_error("create the directory of", final, exc) from None
-
-    def write(self, table: pa.Table) -> None:
-        import pyarrow.parquet as pq
-
-        try:
-            if self.writer is None:
-                self.writer = pq.ParquetWriter(str(self.staged), table.schema, compression="zstd")
-            self.writer.write_table(table, row_group_size=self.row_group_rows)
-        except OSError as exc:
-            raise _io_error("write", self.staged, exc) from None
-        self.rows += table.num_rows
-
-    def commit(self, schema: pa.Schema | None) -> None:
-        import pyarrow.parquet as pq
-
-        try:
-            if self.writer is None:
-                if schema is None:
-                    raise ValueError("no schema for an empty output")
-                self.writer = pq.ParquetWriter(str(self.staged), schema, compression="zstd")
-            self.writer.close()
-        except OSError as exc:
-            raise _io_error("write", self.staged, exc) from None
-        commit_file(self.staged, self.final)
-
-    def abort(self) -> None:
-        if self.writer is not None:
-            with contextlib.suppress(Exception):
-                self.writer.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.staged.unlink()
-
-
-class DatasetDirSink:
-    """A directory of part files; `_MANIFEST.json` then `_SUCCESS` are written last, once every part is in place."""
-
-    def __init__(self, directory: Path, part_rows: int) -> None:
-        self.directory = directory
-        self.part_rows = part_rows
-        self.parts: list[dict[str, Any]] = []
-        self.current: ParquetFileSink | None = None
-        self.rows = 0
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise _io_error("create", directory, exc) from None
-        for marker in ("_SUCCESS", "_MANIFEST.json"):
-            with contextlib.suppress(FileNotFoundError):
-                (directory / marker).unlink()
-
-    def write(self, table: pa.Table) -> None:
-        if self.current is None:
-            self.current = ParquetFileSink(self.directory / f"part-{len(self.parts):05d}.parquet")
-        self.current.write(table)
-        self.rows += table.num_rows
-        if self.current.rows >= self.part_rows:
-            self._close_part(table.schema)
-
-    def _close_part(self, schema: pa.Schema) -> None:
-        assert self.current is not None
-        self.current.commit(schema)
-        self.parts.append({"file": self.current.final.name, "rows": self.current.rows})
-        self.current = None
-
-    def commit(self, schema: pa.Schema | None, manifest: dict[str, Any]) -> None:
-        if self.current is not None:
-            self._close_part(self.current.writer.schema if self.current.writer else schema)
-        elif not self.parts and schema is not None:
-            self.current = ParquetFileSink(self.directory / "part-00000.parquet")
-            self._close_part(schema)
-        body = dict(manifest, parts=self.parts, rows=self.rows)
-        write_small_file(self.directory / "_MANIFEST.json", json.dumps(body, indent=2).encode() + b"\n")
-        write_small_file(self.directory / "_SUCCESS", b"")
-
-    def abort(self) -> None:
-        if self.current is not None:
-            self.current.abort()
 
 
 class JsonlStdoutSink:
@@ -226,3 +132,21 @@ class ErrorFileSink:
                 self._fh.close()
         with contextlib.suppress(FileNotFoundError):
             self.staged.unlink()
+
+
+def default_output(input_path: str, task: str) -> str:
+    """`<input stem>.<task>.parquet` beside the input; only the compression and format suffixes are dropped, so
+    dated names like `logs/2024.01.05.jsonl` keep their dots."""
+    if input_path == "-":
+        return f"stdin.{task}.parquet"
+    if any(ch in input_path for ch in "*?["):
+        return f"{task}.parquet"
+    p = Path(input_path.rstrip("/"))
+    name = p.name
+    for suffix in (".gz", ".zst"):
+        name = name.removesuffix(suffix)
+    for suffix in (".jsonl", ".ndjson", ".parquet", ".pq", ".csv", ".tsv", ".txt"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return str(p.with_name(f"{name or 'output'}.{task}.parquet"))

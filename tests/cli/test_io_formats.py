@@ -128,6 +128,9 @@ def test_no_staging_files_left_and_output_replaced_atomically(tmp_path: Path) ->
     out = tmp_path / "out.parquet"
     out.write_bytes(b"old content")
     proc = run_cli("embed", src, "-o", out)
+    assert proc.returncode == 78, proc.stderr  # not ours: refused without --overwrite
+    assert out.read_bytes() == b"old content"
+    proc = run_cli("embed", src, "-o", out, "--overwrite", "--part-rows", "2", "--window-rows", "2")
     assert proc.returncode == 0, proc.stderr
     assert pq.read_table(out).num_rows == 6
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.parquet"]
@@ -137,7 +140,7 @@ def test_failed_run_leaves_previous_output_untouched(tmp_path: Path) -> None:
     src = write_jsonl(tmp_path / "in.jsonl", [{"text": "fine", "lang": "en"}, {"text": "x", "lang": 5}])
     out = tmp_path / "out.parquet"
     out.write_bytes(b"previous")
-    proc = run_cli("embed", src, "-o", out, "--keep-columns", "lang", "--window-rows", "1")
+    proc = run_cli("embed", src, "-o", out, "--keep-columns", "lang", "--window-rows", "1", "--overwrite")
     assert proc.returncode == 65, proc.stderr
     assert out.read_bytes() == b"previous"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.parquet"]
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["in.jsonl", "out.parquet"]

@@ -10,7 +10,7 @@ import pytest
 from poolcli.config import PoolerConfig, Preset, RunConfig, parse_pooler_config
 from poolcli.engine.plan import build_plan
 from poolcli.engine.resolve import parse_st_pooling, resolve_model
-from poolcli.errors import ConfigError, UsageError
+from poolcli.errors import ConfigError, NoInputError, UsageError
 
 
 def _model_dir(tmp_path: Path, config: dict, files: dict[str, object] | None = None) -> Path:
@@ -218,3 +218,39 @@ def test_shipped_presets_parse() -> None:
         preset, _ = load_preset(name)
         assert preset is not None and preset.description
         parse_pooler_config(preset.pooler, source=name)
+
+
+def test_hugging_face_id_from_the_local_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    snapshot = tmp_path / "hub" / "models--acme--tiny" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text(json.dumps(BERT))
+    (tmp_path / "hub" / "models--acme--tiny" / "refs").mkdir()
+    (tmp_path / "hub" / "models--acme--tiny" / "refs" / "main").write_text("abc123")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    m = resolve_model("acme/tiny")
+    assert (m.name, m.source, Path(m.path)) == ("acme/tiny", "hf-cache", snapshot)
+    with pytest.raises(NoInputError, match="local Hugging Face cache"):
+        resolve_model("acme/missing")
+
+
+def test_hf_overrides_change_architecture_and_matryoshka(tmp_path: Path) -> None:
+    cls = dict(BERT, architectures=["BertForSequenceClassification"])
+    d = _model_dir(tmp_path, cls)
+    m = resolve_model(str(d), hf_overrides={"architectures": ["BertModel"], "matryoshka_dimensions": [4, 8]})
+    assert m.supported_tasks == ("embed", "token_embed")
+    assert m.is_matryoshka and m.matryoshka_dimensions == (4, 8)
+    assert build_plan(_run(pooler_flags=PoolerConfig(dimensions=4)), m, "embed").params.dimensions == 4
+
+
+def test_pooler_config_from_json_and_toml_files(tmp_path: Path) -> None:
+    from poolcli.config import load_json_or_file
+
+    (tmp_path / "p.toml").write_text('pooling_type = "LAST"\nnormalize = false\n')
+    (tmp_path / "p.json").write_text('{"pooling_type": "CLS"}')
+    assert load_json_or_file(str(tmp_path / "p.toml"), what="t") == {"pooling_type": "LAST", "normalize": False}
+    assert load_json_or_file(str(tmp_path / "p.json"), what="t") == {"pooling_type": "CLS"}
+    assert load_json_or_file('{"dimensions": 8}', what="t") == {"dimensions": 8}
+    with pytest.raises(UsageError, match="invalid JSON"):
+        load_json_or_file("{bad", what="t")
+    with pytest.raises(UsageError, match="neither"):
+        load_json_or_file(str(tmp_path / "missing.json"), what="t")
