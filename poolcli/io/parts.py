@@ -355,6 +355,9 @@ class PartStore:
                 self.faults.crash("after_assemble")
                 shutil.rmtree(lay.state, ignore_errors=True)
                 return manifest
+            if not any(m.rows_ok for m in markers):
+                # Readers need a schema even for an empty result: one zero-row part carries it.
+                self._write_empty_part(schema)
             blob = json.dumps(manifest, indent=2).encode() + b"\n"
             manifest_path = lay.final / "_MANIFEST.json"
             staged = lay.staging / "_MANIFEST.json"
@@ -372,6 +375,14 @@ class PartStore:
         except OSError as exc:
             raise _oserror("commit", lay.final, exc) from None
         return manifest
+
+    def _write_empty_part(self, schema: pa.Schema) -> None:
+        import pyarrow.parquet as pq
+
+        staged = self.layout.staging / part_file(0)
+        pq.write_table(schema.empty_table(), str(staged), compression="zstd")
+        self.fs.fsync(staged)
+        self.fs.replace(staged, self.layout.parts / part_file(0))
 
     def finish_errors_only(self, final: Path) -> None:
         """After a stop over the error budget: publish the committed parts' error rows, and nothing else."""

@@ -347,6 +347,7 @@ class Source:
                     ).schema.names
             except pa.ArrowInvalid as exc:
                 raise DataError(f"{path}: cannot read a header row ({exc})") from None
+            bad_rows.clear()  # the probe parsed the first block too; the real pass reports its bad rows
             if self.spec.id_field is None:
                 sink.id_field = "id" if "id" in header else None
             spec = InputSpec(self.spec.path, self.spec.text_field, sink.id_field, self.spec.keep_columns)

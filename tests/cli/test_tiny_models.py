@@ -153,3 +153,39 @@ def test_matryoshka_with_dense_projector_slices_after_projection(tmp_path: Path,
     # ST normalises before truncating; vLLM order is project -> slice -> normalise, so compare with that.
     ref = full[:, :8] / np.linalg.norm(full[:, :8], axis=1, keepdims=True)
     assert np.abs(got - ref).max() < 1e-5
+
+
+def test_left_truncation_keeps_the_prompt(tmp_path: Path, tiny_bert: Path) -> None:
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModel, AutoTokenizer
+
+    text = "one two three four five six seven cat dog fox"
+    got = _embed(
+        tmp_path,
+        tiny_bert,
+        "--prompt",
+        "query: ",
+        "--truncate-prompt-tokens",
+        "8",
+        "--truncation-side",
+        "left",
+        texts=[text],
+    )
+    tok = AutoTokenizer.from_pretrained(str(tiny_bert))
+    prompt_ids = tok("query: ", add_special_tokens=False)["input_ids"]
+    body = tok("query: " + text, add_special_tokens=False)["input_ids"][len(prompt_ids) :]
+    room = 8 - 2 - len(prompt_ids)
+    ids = [tok.cls_token_id, *prompt_ids, *body[-room:], tok.sep_token_id]
+    model = AutoModel.from_pretrained(str(tiny_bert)).eval()
+    with torch.inference_mode():
+        h = model(input_ids=torch.tensor([ids])).last_hidden_state[0, 0]
+    ref = F.normalize(h, dim=-1).numpy()[None]
+    assert np.abs(got - ref).max() < 1e-5
+
+
+def test_truncation_limit_below_special_tokens_is_a_usage_error(tmp_path: Path, tiny_bert: Path) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", [{"text": "hello world"}])
+    proc = run_cli("embed", src, "--model", tiny_bert, "--truncate-prompt-tokens", "2")
+    assert proc.returncode == 64, proc.stderr
+    assert "special tokens" in proc.stderr

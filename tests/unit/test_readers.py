@@ -86,3 +86,51 @@ def test_keep_columns_and_csv_strings(tmp_path: Path) -> None:
     assert blocks[0].texts == ["hello, world", "multi\nline"]
     assert blocks[0].keep == {"lang": ["en", "fr"]}
     assert [(e.id, e.code) for e in blocks[0].errors] == [("2", "INVALID_UTF8")]
+
+
+def test_tsv_has_no_quoting_and_csv_bad_rows_are_error_rows(tmp_path: Path) -> None:
+    tsv = tmp_path / "in.tsv"
+    tsv.write_text('id\ttext\n1\t"quoted start only\n2\tsecond row\n3\t"x" y\n')
+    block = next(open_source(InputSpec(str(tsv))).blocks(100))
+    assert block.ids == ["1", "2", "3"]
+    assert block.texts == ['"quoted start only', "second row", '"x" y']
+    csv = tmp_path / "in.csv"
+    csv.write_text("id,text\n1,good\n2,a,b\n3,fine\n")
+    blocks = list(open_source(InputSpec(str(csv))).blocks(100))
+    assert [i for b in blocks for i in b.ids] == ["1", "3"]
+    errors = [e for b in blocks for e in b.errors]
+    assert [(e.row, e.code) for e in errors] == [(0, "MALFORMED_ROW")]
+    assert sum(b.n_rows for b in blocks) == 3
+
+
+def test_bom_big_ids_and_corrupt_gzip(tmp_path: Path) -> None:
+    import gzip
+
+    import pytest
+
+    from poolcli.errors import DataError
+
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"id": 1, "text": "first"}\n{"id": 18446744073709551616, "text": "big"}\n')
+    good, bad = _collect(path, 10)
+    assert [t for _, _, t in good] == ["first"]
+    assert [(e.row, e.code) for e in bad] == [(1, "WRONG_TYPE")]
+    gz = tmp_path / "in.jsonl.gz"
+    gz.write_bytes(gzip.compress(b'{"text": "a"}\n' * 1000)[:-20])
+    with pytest.raises(DataError, match="in.jsonl.gz"):
+        _collect(gz, 10)
+
+
+def test_parquet_dictionary_text_column(tmp_path: Path) -> None:
+    path = tmp_path / "in.parquet"
+    text = pa.array(["a b", "c d", "a b"]).dictionary_encode()
+    pq.write_table(pa.table({"text": text}), path)
+    good, bad = _collect(path, 10)
+    assert [t for _, _, t in good] == ["a b", "c d", "a b"] and not bad
+
+
+def test_rows_carry_source_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"text": "a"}\n\n{"text": "b"}\n')
+    block = next(open_source(InputSpec(str(path))).blocks(10))
+    assert block.lines == [1, 3] and block.sources == [str(path)] * 2

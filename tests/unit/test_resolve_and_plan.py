@@ -254,3 +254,55 @@ def test_pooler_config_from_json_and_toml_files(tmp_path: Path) -> None:
         load_json_or_file("{bad", what="t")
     with pytest.raises(UsageError, match="neither"):
         load_json_or_file(str(tmp_path / "missing.json"), what="t")
+
+
+def test_old_layout_with_transformer_in_a_subfolder(tmp_path: Path) -> None:
+    d = tmp_path / "old"
+    (d / "0_Transformer").mkdir(parents=True)
+    (d / "0_Transformer" / "config.json").write_text(json.dumps(BERT))
+    (d / "0_Transformer" / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": 200, "do_lower_case": True})
+    )
+    (d / "1_Pooling").mkdir()
+    (d / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    (d / "modules.json").write_text(
+        json.dumps(
+            [
+                {"path": "0_Transformer", "type": "sentence_transformers.models.Transformer"},
+                {"path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            ]
+        )
+    )
+    m = resolve_model(str(d))
+    assert Path(m.path) == d / "0_Transformer" and Path(m.root) == d
+    assert (m.max_length, m.do_lower_case) == (200, True)
+
+
+def test_pooling_override_sets_the_vector_size(tmp_path: Path) -> None:
+    d = _model_dir(
+        tmp_path,
+        BERT,
+        {
+            "modules.json": [{"path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}],
+            "1_Pooling/config.json": {"pooling_mode": ["mean", "max"]},
+        },
+    )
+    m = resolve_model(str(d))
+    assert build_plan(_run(), m, "embed").embedding_size == 16
+    assert build_plan(_run(pooler_flags=PoolerConfig(seq_pooling_type="CLS")), m, "embed").embedding_size == 8
+
+
+def test_chunked_processing_is_refused_until_implemented(tmp_path: Path) -> None:
+    m = resolve_model(str(_model_dir(tmp_path, BERT)))
+    pc = parse_pooler_config({"enable_chunked_processing": True}, source="t")
+    with pytest.raises(UsageError, match="not implemented"):
+        build_plan(_run(pooler_config=pc), m, "embed")
+
+
+def test_default_output_names() -> None:
+    from poolcli.io.writers import default_output
+
+    assert default_output("logs/2024.01.05.jsonl", "embed") == "logs/2024.01.05.embed.parquet"
+    assert default_output("c.v2.ndjson.gz", "embed") == "c.v2.embed.parquet"
+    assert default_output("data/", "embed") == "data.embed.parquet"
+    assert default_output("-", "embed") == "stdin.embed.parquet"
