@@ -263,9 +263,16 @@ class PartStore:
                 data = json.loads(manifest.read_text())
             except ValueError:
                 return False
-            return bool(
-                data.get("fingerprint") == self.fingerprint and success.read_text().strip() == sha256_file(manifest)
-            )
+            if data.get("fingerprint") != self.fingerprint or success.read_text().strip() != sha256_file(manifest):
+                return False
+            # A part deleted or replaced after the fact makes the output incomplete again (cheap check: sizes).
+            for part in data.get("parts", []):
+                path = lay.parts / part["file"]
+                if part.get("sha256") is not None and (
+                    not path.is_file() or path.stat().st_size != part.get("bytes")
+                ):
+                    return False
+            return True
         if not lay.final.is_file() or lay.state.exists():
             return False
         return final_file_fingerprint(lay.final) == self.fingerprint
@@ -339,6 +346,7 @@ class PartStore:
                 "parts": [
                     {
                         "file": part_file(m.part),
+                        "bytes": (lay.parts / part_file(m.part)).stat().st_size if m.sha256_part else 0,
                         "rows": m.rows_ok,
                         "rows_in": m.rows_in,
                         "errors": m.rows_err,
