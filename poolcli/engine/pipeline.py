@@ -449,6 +449,7 @@ def _stream(
             summary.truncated += window.truncated
             progress.update(summary.rows_out, summary.tokens, _progress_fraction(source, item.position))
             _check_budget(run, summary)
+        _check_budget(run, summary, final=True)
         committed = errors.commit()
         summary.errors_file = str(committed) if committed else None
     except BaseException:
@@ -458,11 +459,13 @@ def _stream(
         producer.stop.set()
 
 
-def _check_budget(run: RunConfig, summary: Summary) -> None:
+def _check_budget(run: RunConfig, summary: Summary, *, final: bool = False) -> None:
+    """A rate is judged from 1000 rows on (or at the end), so a bad first row cannot stop a long run."""
     over_count = run.max_errors is not None and summary.errors > run.max_errors
     over_rate = (
         run.max_error_rate is not None
-        and summary.rows_in >= 1000
+        and summary.rows_in > 0
+        and (summary.rows_in >= 1000 or final)
         and summary.errors / summary.rows_in > run.max_error_rate
     )
     if over_count or over_rate:
@@ -550,6 +553,7 @@ def _parts(
         if current is not None:
             commit(current)
             current = None
+        _check_budget(run, summary, final=True)
         n_parts = -(-summary.rows_in // part_rows)
         schema = builder.schema or builder.empty_schema()
         write_errors = summary.errors > 0 or run.errors is not None

@@ -178,8 +178,14 @@ class PartStore:
                 hint="rerun the original command to finish it, or pass --overwrite",
             )
         if state_fp is None and self._foreign_output() and not overwrite:
+            ours = lay.kind == "file" and final_file_fingerprint(lay.final) is not None
             raise ConfigError(
-                f"{lay.final} already exists and was not written by this command",
+                f"{lay.final} already exists and holds "
+                + (
+                    "the output of a different command (model, options or input changed)"
+                    if ours
+                    else "files not written by this command"
+                ),
                 hint="pass --overwrite to replace it",
             )
         try:
@@ -268,9 +274,7 @@ class PartStore:
             # A part deleted or replaced after the fact makes the output incomplete again (cheap check: sizes).
             for part in data.get("parts", []):
                 path = lay.parts / part["file"]
-                if part.get("sha256") is not None and (
-                    not path.is_file() or path.stat().st_size != part.get("bytes")
-                ):
+                if part.get("sha256") is not None and (not path.is_file() or path.stat().st_size != part.get("bytes")):
                     return False
             return True
         if not lay.final.is_file() or lay.state.exists():

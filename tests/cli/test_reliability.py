@@ -275,6 +275,9 @@ def test_error_budget_and_strict(tmp_path: Path, src: Path, tiny_bert: Path) -> 
     strict = run_cli(*_cmd(src, tmp_path / "strict.parquet", tiny_bert, "--strict"))
     assert strict.returncode == 65
     assert not (tmp_path / "strict.parquet").exists()
+    rate = run_cli(*_cmd(src, f"{tmp_path}/rate/", tiny_bert, "--max-error-rate", "0.01"))
+    assert rate.returncode == 65  # 4 of 90 rows: judged at the end of a run shorter than 1000 rows
+    assert len(list((tmp_path / "rate").glob("part-*.parquet"))) == 9 and not (tmp_path / "rate" / "_SUCCESS").exists()
     # A generous budget lets the run finish.
     assert run_cli(*_cmd(src, tmp_path / "ok.parquet", tiny_bert, "--max-errors", "4")).returncode == 0
 
