@@ -70,7 +70,8 @@ class Summary(msgspec.Struct, kw_only=True):
 
     def as_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = msgspec.to_builtins(self)
-        d["rows_per_s"] = round(self.rows_computed / self.seconds, 1) if self.seconds and self.rows_computed else None
+        work = self.seconds - self.load_seconds  # model loading is a fixed cost, not throughput
+        d["rows_per_s"] = round(self.rows_computed / work, 1) if work > 0 and self.rows_computed else None
         d["padding_ratio"] = round(1 - self.tokens / self.padded_tokens, 4) if self.padded_tokens else 0.0
         d["seconds"] = round(self.seconds, 3)
         return d

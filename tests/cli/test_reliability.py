@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,13 @@ def _visible_parts_readable(out: Path) -> None:
     """Between crashes a reader must never see a torn file."""
     for p in out.glob("part-*.parquet"):
         pq.ParquetFile(p).metadata  # noqa: B018 (raises on a torn file)
+
+
+def _wait_until(ready: Callable[[], bool], proc: subprocess.Popen[str], timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert time.monotonic() < deadline and proc.poll() is None, "the run ended or stalled before the moment"
+        time.sleep(0.05)
 
 
 def _popen(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
@@ -232,10 +240,7 @@ def test_fingerprint_mismatch_overwrite_and_idempotent_rerun(
 def test_concurrent_run_exits_75(tmp_path: Path, src: Path, tiny_bert: Path, ref: Reference) -> None:
     out = tmp_path / "out"
     first = _popen(_cmd(src, f"{out}/", tiny_bert), env={"POOLCLI_SLOW_BATCH_SECONDS": "0.1"})
-    deadline = time.monotonic() + 60
-    while not (out / ".poolcli" / "fingerprint.json").exists():
-        assert time.monotonic() < deadline and first.poll() is None
-        time.sleep(0.05)
+    _wait_until(lambda: (out / ".poolcli" / "fingerprint.json").exists(), first)
     second = run_cli(*_cmd(src, f"{out}/", tiny_bert))
     assert second.returncode == 75, second.stderr
     assert "another poolcli run" in second.stderr
@@ -249,10 +254,7 @@ def test_sigterm_mid_part_exits_143_and_resumes(tmp_path: Path, src: Path, tiny_
     args = [a for a in _cmd(src, f"{out}/", tiny_bert) if a != "--quiet"]
     proc = _popen(args, env={"POOLCLI_SLOW_BATCH_SECONDS": "0.2"})
     markers = out / ".poolcli" / "done"
-    deadline = time.monotonic() + 90
-    while not (markers.exists() and any(markers.iterdir())):
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.05)
+    _wait_until(lambda: markers.exists() and any(markers.iterdir()), proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
@@ -433,10 +435,7 @@ def test_empty_input_gives_schema_and_success(tmp_path: Path, tiny_bert: Path) -
 def test_second_signal_exits_at_once(tmp_path: Path, src: Path, tiny_bert: Path) -> None:
     out = tmp_path / "out"
     proc = _popen(_cmd(src, f"{out}/", tiny_bert), env={"POOLCLI_SLOW_BATCH_SECONDS": "3"})
-    deadline = time.monotonic() + 90
-    while not (out / ".poolcli" / "fingerprint.json").exists():
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.05)
+    _wait_until(lambda: (out / ".poolcli" / "fingerprint.json").exists(), proc)
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.2)
