@@ -255,7 +255,14 @@ class Embedder:
 
         bad = [j for j in np.flatnonzero(~np.isfinite(vectors).all(axis=1)).tolist() if j not in failed]
         for j in bad:
-            out = self._forward(self._fp32_runner(), [seqs[j]], [rows[j]], retry=True)
+            try:
+                out = self._forward(self._fp32_runner(), [seqs[j]], [rows[j]], retry=True)
+            except Exception as exc:
+                if not _is_oom(exc):
+                    raise
+                self._free()
+                failed[j] = ("OOM_SINGLE_ROW", "out of memory recomputing a non-finite row in float32")
+                continue
             if bool(np.isfinite(out.numpy()).all()):
                 vectors[j] = out.numpy()[0]
             else:
@@ -394,8 +401,11 @@ def run_embed(run: RunConfig, plan: Plan, source: Source, progress: Progress, fa
             else:
                 layout = Layout.for_output(run.output, "dir" if kind == "dir" else "file")
                 store = PartStore(layout, run_fingerprint, identity, faults)
+                store.stale_error_files = [default_errors_path(run)]
+                # Standard input has no identity to compare, so a run from it always starts afresh.
+                from_stdin = source.files == ["-"]
                 try:
-                    if store.open(overwrite=run.overwrite):
+                    if store.open(overwrite=run.overwrite or from_stdin):
                         # Finished by an earlier run of this very command: nothing to do, nothing rewritten.
                         summary.status = "already complete"
                         summary.rows_out = store.committed_rows()
@@ -499,6 +509,9 @@ def _parts(
 ) -> None:
     errors_path = default_errors_path(run)
     done = set(store.done)
+    budgets = [m.batch_budget for m in store.done.values() if m.batch_budget is not None]
+    if budgets:
+        embedder.budget = min(embedder.budget, *budgets)
     part_rows = run.part_rows
     producer = _Producer(source, embedder.encoder, window_rows, skip=lambda b: b.first_row // part_rows in done)
     current: PartWriter | None = None
@@ -516,6 +529,7 @@ def _parts(
 
     def commit(writer: PartWriter) -> None:
         nonlocal computed_rows, computed_tokens
+        writer.batch_budget = embedder.budget
         marker = writer.commit()
         summary.parts += 1
         summary.rows_in += marker.rows_in
@@ -568,8 +582,6 @@ def _parts(
         schema = builder.schema or builder.empty_schema()
         write_errors = summary.errors > 0 or run.errors is not None
         store.finish(n_parts, schema, errors_path if write_errors else None)
-        if not write_errors and run.errors is None and errors_path.exists():
-            errors_path.unlink()  # left by an earlier run of different input: it would now be a lie
         summary.errors_file = str(errors_path) if write_errors else None
     except ErrorBudgetExceeded:
         # Over the error budget: the committed parts and their error rows stay, visible in the error file.

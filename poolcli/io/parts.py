@@ -101,6 +101,9 @@ class PartMarker(msgspec.Struct, kw_only=True):
     sha256_part: str | None = None
     sha256_errors: str | None = None
     error_codes: dict[str, int] = msgspec.field(default_factory=dict)
+    batch_budget: int | None = None
+    """The token budget in force at the end of the part (lowered after an out-of-memory error); a resumed run
+    continues with it so its batches stay the same."""
 
 
 def sha256_file(path: Path) -> str:
@@ -155,6 +158,8 @@ class PartStore:
         self.fs = Fs(faults)
         self._lock_fh: IO[bytes] | None = None
         self.done: dict[int, PartMarker] = {}
+        self.stale_error_files: list[Path] = []
+        """Error files a fresh run must remove before it commits anything (set by the caller)."""
 
     # -- start ---------------------------------------------------------------------------------------------
 
@@ -168,9 +173,11 @@ class PartStore:
         except OSError as exc:
             raise CantCreateError(f"cannot create {lay.final}: {exc.strerror}") from None
         self._lock()
-        if self._complete():
-            if not overwrite:
-                return True
+        complete = self._complete()
+        if complete and not overwrite:
+            if lay.kind == "file":
+                self._remove_state()  # left by a crash after the final rename
+            return True
         state_fp = self._state_fingerprint()
         if state_fp is not None and state_fp != self.fingerprint and not overwrite:
             raise ConfigError(
@@ -188,18 +195,24 @@ class PartStore:
                 ),
                 hint="pass --overwrite to replace it",
             )
+        # Same fingerprint and unfinished: resume, even with --overwrite (the result would be the same bytes).
+        fresh = complete or state_fp != self.fingerprint
         try:
-            if overwrite or state_fp != self.fingerprint:
+            if fresh:
                 if lay.kind == "dir":
                     for marker in ("_SUCCESS", "_MANIFEST.json"):
                         with contextlib.suppress(FileNotFoundError):
                             (lay.final / marker).unlink()
-                shutil.rmtree(lay.state, ignore_errors=True)
+                # An error file of another run would list rows this run may put in its output.
+                for stale in self.stale_error_files:
+                    with contextlib.suppress(FileNotFoundError):
+                        stale.unlink()
+                self._remove_state()
             for d in (lay.state, lay.parts, lay.markers, lay.errors):
                 d.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(lay.staging, ignore_errors=True)
             lay.staging.mkdir()
-            if state_fp != self.fingerprint or overwrite:
+            if fresh or state_fp is None:
                 doc = dict(self.identity, fingerprint=self.fingerprint, state_version=STATE_VERSION)
                 self.fs.write_bytes(
                     lay.staging / "fingerprint.json",
@@ -244,6 +257,15 @@ class PartStore:
             self._lock_fh.close()
             self._lock_fh = None
 
+    def _remove_state(self) -> None:
+        """One atomic rename hides the whole state folder; deleting the renamed copy may then fail harmlessly."""
+        lay = self.layout
+        if not lay.state.exists():
+            return
+        trash = lay.state.with_name(lay.state.name + f".trash-{os.getpid()}")
+        os.replace(lay.state, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
     def committed_rows(self) -> int:
         """Rows of a complete output (for the summary of a no-op rerun)."""
         if self.layout.kind == "dir":
@@ -277,9 +299,8 @@ class PartStore:
                 if part.get("sha256") is not None and (not path.is_file() or path.stat().st_size != part.get("bytes")):
                     return False
             return True
-        if not lay.final.is_file() or lay.state.exists():
-            return False
-        return final_file_fingerprint(lay.final) == self.fingerprint
+        # A matching final file is complete even if a crash interrupted the removal of the state folder.
+        return lay.final.is_file() and final_file_fingerprint(lay.final) == self.fingerprint
 
     def _foreign_output(self) -> bool:
         lay = self.layout
@@ -365,7 +386,7 @@ class PartStore:
             if lay.kind == "file":
                 self._assemble_file(markers, schema)
                 self.faults.crash("after_assemble")
-                shutil.rmtree(lay.state, ignore_errors=True)
+                self._remove_state()
                 return manifest
             if not any(m.rows_ok for m in markers):
                 # Readers need a schema even for an empty result: one zero-row part carries it.
@@ -406,7 +427,9 @@ class PartStore:
             raise _oserror("write", final, exc) from None
 
     def _assemble_errors(self, markers: list[PartMarker], final: Path) -> None:
-        staged = self.layout.staging / "errors.assembled.jsonl"
+        # Staged beside its destination: --errors may be on another filesystem than the output.
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staged = final.with_name(f".{final.name}.poolcli-{os.getpid()}.tmp")
         with open(staged, "wb") as out:
             self.faults.io("write", staged)
             for m in markers:
@@ -415,7 +438,6 @@ class PartStore:
                         shutil.copyfileobj(src, out)
             out.flush()
             os.fsync(out.fileno())
-        final.parent.mkdir(parents=True, exist_ok=True)
         self.fs.replace(staged, final)
 
     def _assemble_file(self, markers: list[PartMarker], schema: pa.Schema) -> None:
@@ -473,6 +495,7 @@ class PartWriter:
         self.rows_in = 0
         self.tokens = 0
         self.truncated = 0
+        self.batch_budget: int | None = None
 
     def write(self, table: pa.Table) -> None:
         import pyarrow.parquet as pq
@@ -547,6 +570,7 @@ class PartWriter:
                 sha256_part=sha_part,
                 sha256_errors=sha_err,
                 error_codes=codes,
+                batch_budget=self.batch_budget,
             )
             if faults.break_commit_order:
                 self._write_marker(marker)

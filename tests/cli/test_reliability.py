@@ -446,3 +446,43 @@ def test_second_signal_exits_at_once(tmp_path: Path, src: Path, tiny_bert: Path)
     assert time.monotonic() - started < 2.5  # did not wait for the 3 s batch to end
     assert "second signal" in err
     assert not list(out.glob("part-*.parquet"))
+
+
+def test_stdin_never_resumes_or_no_ops(tmp_path: Path, tiny_bert: Path) -> None:
+    out = tmp_path / "out"
+    first = b'{"id": "a", "text": "cat"}\n{"id": "b", "text": "dog"}\n'
+    second = b'{"id": "c", "text": "fox"}\n'
+    for rows in (first, second):
+        proc = run_cli("embed", "-", "-o", f"{out}/", "--model", tiny_bert, stdin=rows)
+        assert proc.returncode == 0, proc.stderr
+    assert set(_read(out)) == {"c"}
+
+
+def test_overwrite_resumes_a_matching_unfinished_run(
+    tmp_path: Path, src: Path, tiny_bert: Path, ref: Reference
+) -> None:
+    out = tmp_path / "out"
+    args = [a for a in _cmd(src, f"{out}/", tiny_bert) if a != "--quiet"]
+    assert run_cli(*args, env={"POOLCLI_CRASHPOINT": "after_marker:4"}).returncode == 137
+    proc = run_cli(*args, "--overwrite")
+    assert proc.returncode == 0, proc.stderr
+    assert summary_of(proc)["parts_skipped"] == 4
+    assert_converged(out, ref)
+
+
+def test_stale_error_file_removed_and_errors_on_another_filesystem(tmp_path: Path, src: Path, tiny_bert: Path) -> None:
+    out = tmp_path / "out.parquet"
+    assert run_cli(*_cmd(src, out, tiny_bert)).returncode == 0
+    assert (tmp_path / "out.errors.jsonl").exists()
+    clean = tmp_path / "clean.jsonl"
+    clean.write_text('{"id": "x", "text": "hello world"}\n')
+    assert run_cli(*_cmd(clean, out, tiny_bert, "--overwrite")).returncode == 0
+    assert not (tmp_path / "out.errors.jsonl").exists()  # it listed rows of another input
+    # /dev/shm is a tmpfs here, a different filesystem from the output: the error file cannot be renamed across.
+    errs = Path("/dev/shm") / f"poolcli-test-{os.getpid()}.jsonl"
+    try:
+        proc = run_cli(*_cmd(src, tmp_path / "other.parquet", tiny_bert, "--errors", str(errs)))
+        assert proc.returncode == 0, proc.stderr
+        assert sorted(e["row"] for e in _errors(errs)) == sorted(BAD)
+    finally:
+        errs.unlink(missing_ok=True)
