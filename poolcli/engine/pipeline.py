@@ -32,7 +32,7 @@ from poolcli.engine.tokenize import Encoded, TextEncoder
 from poolcli.errors import ErrorBudgetExceeded, PoolcliError, UsageError
 from poolcli.faults import Faults
 from poolcli.io.arrow import EmbedTableBuilder
-from poolcli.io.parts import Layout, PartStore, PartWriter
+from poolcli.io.parts import Layout, PartMarker, PartStore, PartWriter
 from poolcli.io.readers import Source
 from poolcli.io.records import Block, ErrorRow
 from poolcli.io.writers import ErrorFileSink, JsonlStdoutSink, default_output
@@ -67,6 +67,17 @@ class Summary(msgspec.Struct, kw_only=True):
     output: str = ""
     errors_file: str | None = None
     status: str = "ok"
+
+    def add_part(self, marker: PartMarker, *, computed: bool) -> None:
+        """Count a committed part: one computed by this run, or one skipped because an earlier run committed it."""
+        self.parts += 1
+        self.parts_skipped += 0 if computed else 1
+        self.rows_computed += marker.rows_ok if computed else 0
+        self.rows_in += marker.rows_in
+        self.rows_out += marker.rows_ok
+        self.errors += marker.rows_err
+        self.tokens += marker.tokens
+        self.truncated += marker.truncated
 
     def as_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = msgspec.to_builtins(self)
@@ -530,14 +541,7 @@ def _parts(
     def commit(writer: PartWriter) -> None:
         nonlocal computed_rows, computed_tokens
         writer.batch_budget = embedder.budget
-        marker = writer.commit()
-        summary.parts += 1
-        summary.rows_in += marker.rows_in
-        summary.rows_out += marker.rows_ok
-        summary.rows_computed += marker.rows_ok
-        summary.errors += marker.rows_err
-        summary.tokens += marker.tokens
-        summary.truncated += marker.truncated
+        summary.add_part(writer.commit(), computed=True)
         computed_rows = computed_tokens = 0
         _check_budget(run, summary)
 
@@ -552,14 +556,7 @@ def _parts(
             if k in done:
                 if k not in seen_done:
                     seen_done.add(k)
-                    m = store.done[k]
-                    summary.parts += 1
-                    summary.parts_skipped += 1
-                    summary.rows_in += m.rows_in
-                    summary.rows_out += m.rows_ok
-                    summary.errors += m.rows_err
-                    summary.tokens += m.tokens
-                    summary.truncated += m.truncated
+                    summary.add_part(store.done[k], computed=False)
                 builder.observe(block)
                 position = item.position
                 continue
