@@ -19,7 +19,6 @@ from poolcli.vocab import (
     POOLING_TYPES,
     SEQ_POOLING_TYPES,
     TOK_POOLING_TYPES,
-    VALID_PARAMETERS,
     Convert,
     DType,
     OnTooLong,
@@ -199,14 +198,6 @@ class PoolingParams(msgspec.Struct, frozen=True, kw_only=True):
     """L2-normalise the output vector (embed tasks)."""
     use_activation: bool = True
     """Apply the classifier activation (classify tasks)."""
-
-
-def check_task_parameters(task: PoolingTask, given: Mapping[str, object]) -> None:
-    """Reject parameters that the task does not take, naming the valid set."""
-    valid = VALID_PARAMETERS[task]
-    invalid = sorted(k for k, v in given.items() if v is not None and k not in valid)
-    if invalid:
-        raise UsageError(f"task {task!r} only supports {', '.join(valid)}; {', '.join(invalid)} is not valid for it")
 
 
 class Preset(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

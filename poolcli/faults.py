@@ -82,21 +82,6 @@ class Faults(msgspec.Struct, kw_only=True):
         f.slow_batch_seconds = float(env.get("POOLCLI_SLOW_BATCH_SECONDS", "0") or 0)
         return f
 
-    @property
-    def active(self) -> bool:
-        return any(
-            (
-                self.crash_point,
-                self.io_op,
-                self.fail_at_row is not None,
-                self.oom_above_tokens,
-                self.oom_rows,
-                self.nan_rows,
-                self.break_commit_order,
-                self.slow_batch_seconds,
-            )
-        )
-
     def _hit(self, key: str, nth: int) -> bool:
         self.counts[key] = self.counts.get(key, 0) + 1
         return self.counts[key] == nth

@@ -72,7 +72,6 @@ class ModelRunner:
         except (OSError, ValueError, KeyError) as exc:
             raise ConfigError(f"cannot load model {model.name}: {str(exc).splitlines()[0]}") from None
         self.model.eval().to(self.device)
-        self.pad_to_causal = model.is_decoder
 
     @torch.inference_mode()
     def hidden_states(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:

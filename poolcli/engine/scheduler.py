@@ -30,10 +30,3 @@ def cut_batches(lengths: Sequence[int], *, max_tokens: int, max_rows: int) -> li
     if current:
         batches.append(current)
     return batches
-
-
-def padding_ratio(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> float:
-    """Share of computed positions that are padding."""
-    real = sum(lengths)
-    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches if b)
-    return 0.0 if padded == 0 else 1.0 - real / padded

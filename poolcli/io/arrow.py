@@ -25,10 +25,6 @@ def vector_array(vectors: NDArray[np.float32], dtype: OutputDType) -> pa.FixedSi
     return pa.FixedSizeListArray.from_arrays(pa.array(flat, type=_ARROW_FLOAT[dtype]), d)
 
 
-def id_array(ids: list[Any], id_type: pa.DataType | None) -> pa.Array:
-    return pa.array(ids, type=id_type)
-
-
 class EmbedTableBuilder:
     """Builds the embed output table per window; the first window fixes the schema of kept columns."""
 

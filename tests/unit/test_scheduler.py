@@ -3,7 +3,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from poolcli.engine.scheduler import cut_batches, padding_ratio
+from poolcli.engine.scheduler import cut_batches
 
 
 def test_longest_first_and_budget() -> None:
@@ -18,10 +18,6 @@ def test_row_over_budget_is_alone() -> None:
 
 def test_max_rows() -> None:
     assert cut_batches([1] * 5, max_tokens=1000, max_rows=2) == [[0, 1], [2, 3], [4]]
-
-
-def test_padding_ratio() -> None:
-    assert padding_ratio([4, 2], [[0, 1]]) == 0.25
 
 
 @given(st.lists(st.integers(min_value=1, max_value=300), max_size=200), st.integers(1, 4000), st.integers(1, 64))
