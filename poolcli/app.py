@@ -12,6 +12,8 @@ import typer
 from poolcli import __version__
 from poolcli.commands.embed import embed
 from poolcli.commands.inspect import inspect
+from poolcli.commands.rerank import rerank
+from poolcli.commands.score import score
 from poolcli.console import print_error
 from poolcli.errors import PoolcliError
 
@@ -27,6 +29,8 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.command("embed")(embed)
+app.command("score")(score)
+app.command("rerank")(rerank)
 app.command("inspect")(inspect)
 
 

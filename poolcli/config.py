@@ -24,6 +24,7 @@ from poolcli.vocab import (
     OnTooLong,
     OutputDType,
     PoolingTask,
+    ScoreTypeOpt,
     Task,
     TruncationSide,
 )
@@ -208,6 +209,39 @@ class Preset(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     hf_overrides: dict[str, Any] = msgspec.field(default_factory=dict)
     prompts: dict[str, str] = msgspec.field(default_factory=dict)
     default_prompt_name: str | None = None
+    score: ScoreTemplate | None = None
+
+
+class ScoreTemplate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How a cross-encoder or LLM reranker sees a pair: `query` + `document` rendered and concatenated.
+
+    `{query}`, `{document}` and `{instruction}` are replaced literally (other braces are text).
+    """
+
+    query: str = "{query}"
+    document: str = "{document}"
+    instruction: str = ""
+    """The default for `{instruction}`; --instruction replaces it."""
+
+
+class ScoreOptions(msgspec.Struct, frozen=True, kw_only=True):
+    """What `score` and `rerank` add to a run: pairing, score type, and ranking."""
+
+    score_type: ScoreTypeOpt = "auto"
+    query: str | None = None
+    """--query TEXT: one query against every row of the input."""
+    cross: bool = False
+    """Two inputs: every pair of the N x M matrix instead of the 1:1/1:N/N:N rules."""
+    group_by: str | None = None
+    """rerank over a pairs file: the column that names each row's query."""
+    top_n: int = 0
+    """rerank: documents kept per query (0 = all)."""
+    return_documents: bool = False
+    maxsim_normalize: bool = False
+    max_tokens_per_query: int = 0
+    max_tokens_per_doc: int = 0
+    instruction: str | None = None
+    """Replaces the template's default instruction."""
 
 
 class RunConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -266,6 +300,8 @@ class RunConfig(msgspec.Struct, frozen=True, kw_only=True):
     pooler_config: PoolerConfig = PoolerConfig()
     """Fields from --pooler-config."""
     preset: Preset | None = None
+    score: ScoreOptions | None = None
+    """Set for score and rerank."""
     """The --config preset, if any."""
     preset_name: str | None = None
     hf_overrides: dict[str, Any] = msgspec.field(default_factory=dict)
@@ -278,3 +314,5 @@ class RunConfig(msgspec.Struct, frozen=True, kw_only=True):
     verbose: bool = False
     debug: bool = False
     seed: int = 0
+    threads: int | None = None
+    """Threads for the model on CPU; None uses every core this process may run on."""

@@ -30,6 +30,16 @@ OnTooLong = Literal["truncate", "error"]
 
 Convert = Literal["auto", "embed", "classify"]
 
+# How `score` and `rerank` turn a (query, document) pair into a number.
+ScoreType = Literal["cross-encoder", "bi-encoder", "late-interaction"]
+ScoreTypeOpt = Literal["auto", "cross-encoder", "bi-encoder", "late-interaction"]
+
+# The final activation of a classifier head.
+Activation = Literal["sigmoid", "softmax", "identity"]
+
+# How a causal LM's token logits become classifier logits (vLLM's `method`).
+FromTokenMethod = Literal["from_2_way_softmax", "no_post_processing"]
+
 ErrorCode = Literal[
     "INVALID_JSON",
     "NOT_OBJECT",

@@ -63,25 +63,29 @@ def build_bert(
     return path
 
 
-def build_qwen3(path: Path, *, seed: int = 0, hidden: int = 32) -> Path:
-    """A tiny Qwen3ForCausalLM whose tokenizer appends an EOS token, as Qwen3-Embedding's does."""
+def build_qwen3(
+    path: Path, *, seed: int = 0, hidden: int = 32, append_eos: bool = True, tie: bool = True, max_positions: int = 256
+) -> Path:
+    """A tiny Qwen3ForCausalLM whose tokenizer appends an EOS token, as Qwen3-Embedding's does (or not, as the
+    Qwen3-Reranker's does not); its vocabulary has the reranker's `yes` and `no`."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
     path.mkdir(parents=True, exist_ok=True)
-    vocab_list = ["<pad>", "<unk>", "<eos>"] + _wordpiece_vocab()[len(SPECIAL) :]
+    vocab_list = ["<pad>", "<unk>", "<eos>"] + _wordpiece_vocab()[len(SPECIAL) :] + ["yes"]
     vocab = {tok: i for i, tok in enumerate(vocab_list)}
     backend = Tokenizer(models.WordPiece(vocab=vocab, unk_token="<unk>"))
     backend.normalizer = normalizers.BertNormalizer(lowercase=True)
     backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     eos = vocab["<eos>"]
-    backend.post_processor = processors.TemplateProcessing(single="$A <eos>", special_tokens=[("<eos>", eos)])
+    if append_eos:
+        backend.post_processor = processors.TemplateProcessing(single="$A <eos>", special_tokens=[("<eos>", eos)])
     tok = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         eos_token="<eos>",
         pad_token="<pad>",
         unk_token="<unk>",
-        model_max_length=256,
+        model_max_length=max_positions,
     )
     tok.save_pretrained(str(path))
     torch.manual_seed(seed)
@@ -93,13 +97,47 @@ def build_qwen3(path: Path, *, seed: int = 0, hidden: int = 32) -> Path:
         num_key_value_heads=2,
         head_dim=8,
         intermediate_size=hidden * 2,
-        max_position_embeddings=256,
+        max_position_embeddings=max_positions,
         pad_token_id=0,
         eos_token_id=eos,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tie,
     )
     model = Qwen3ForCausalLM(config).eval()
     model.save_pretrained(str(path))
+    return path
+
+
+def build_cross_encoder(
+    path: Path, *, seed: int = 0, hidden: int = 32, max_positions: int = 64, base: Path | None = None
+) -> Path:
+    """A one-label BERT cross-encoder: random (weights spread wide enough that scores differ), or `base`'s encoder
+    weights with a seeded one-label head; saved by sentence-transformers' CrossEncoder in its current layout."""
+    from sentence_transformers import CrossEncoder
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    raw = path.with_name(path.name + "-raw")
+    torch.manual_seed(seed)
+    if base is None:
+        vocab_size = save_bert_tokenizer(raw, model_max_length=max_positions)
+        config = BertConfig(
+            vocab_size=vocab_size,
+            hidden_size=hidden,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=hidden * 2,
+            max_position_embeddings=max_positions,
+            num_labels=1,
+            initializer_range=0.5,
+        )
+        model = BertForSequenceClassification(config).eval()
+    else:
+        model = BertForSequenceClassification.from_pretrained(str(base), num_labels=1).eval()
+        with torch.no_grad():
+            model.classifier.weight.normal_(0, 0.5)
+            model.classifier.bias.normal_(0, 0.5)
+        AutoTokenizer.from_pretrained(str(base)).save_pretrained(str(raw))
+    model.save_pretrained(str(raw))
+    CrossEncoder(str(raw), device="cpu").save(str(path))
     return path
 
 

@@ -11,7 +11,7 @@ import typer
 
 from poolcli.config import PoolerConfig, Preset, load_json_or_file
 from poolcli.errors import ConfigError, UsageError
-from poolcli.vocab import POOLING_TYPES, Convert, DType, OnTooLong, OutputDType, TruncationSide
+from poolcli.vocab import POOLING_TYPES, Convert, DType, OnTooLong, OutputDType, ScoreTypeOpt, TruncationSide
 
 _MODEL = "Model"
 _POOL = "Pooling"
@@ -232,6 +232,61 @@ Verbose = Annotated[
 ]
 Seed = Annotated[
     int, typer.Option("--seed", help="Random seed (for models with stochastic layers).", rich_help_panel=_RUN)
+]
+Threads = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        min=1,
+        help="CPU threads for the model. Default: every core this process may use (its CPU affinity).",
+        rich_help_panel=_RUN,
+    ),
+]
+
+
+_SCORE = "Scoring"
+ScoreTypeOption = Annotated[
+    ScoreTypeOpt,
+    typer.Option(
+        "--score-type",
+        help="auto: a one-label classifier is a cross-encoder, an embedding model a bi-encoder (cosine); "
+        "late-interaction scores token vectors by MaxSim.",
+        rich_help_panel=_SCORE,
+    ),
+]
+QueryText = Annotated[
+    str | None,
+    typer.Option("--query", help="Score this one query against every row of INPUT.", rich_help_panel=_SCORE),
+]
+UseActivation = Annotated[
+    bool | None,
+    typer.Option(
+        "--use-activation/--no-activation",
+        help="Apply the classifier's final activation (sigmoid/softmax); off gives the raw (calibrated) logits.",
+        rich_help_panel=_SCORE,
+    ),
+]
+MaxTokensPerQuery = Annotated[
+    int,
+    typer.Option("--max-tokens-per-query", help="Cut each query to N tokens first (0: off).", rich_help_panel=_SCORE),
+]
+MaxTokensPerDoc = Annotated[
+    int,
+    typer.Option("--max-tokens-per-doc", help="Cut each document to N tokens first (0: off).", rich_help_panel=_SCORE),
+]
+MaxsimNormalize = Annotated[
+    bool,
+    typer.Option(
+        "--maxsim-normalize", help="Late interaction: divide MaxSim by the query's token count.", rich_help_panel=_SCORE
+    ),
+]
+Instruction = Annotated[
+    str | None,
+    typer.Option(
+        "--instruction",
+        help="The {instruction} of a reranker prompt template (e.g. the qwen3-reranker preset).",
+        rich_help_panel=_SCORE,
+    ),
 ]
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import msgspec
 
 from poolcli.commands import _options as o
-from poolcli.config import PoolerConfig, RunConfig, parse_pooler_config
+from poolcli.config import PoolerConfig, RunConfig, ScoreOptions, parse_pooler_config
 from poolcli.console import make_progress, print_summary
 from poolcli.errors import ErrorBudgetExceeded, Interrupted, PoolcliError, UsageError
 from poolcli.io.writers import default_output
@@ -51,6 +51,9 @@ class RunRequest(msgspec.Struct, kw_only=True):
     progress: bool | None
     verbose: bool
     seed: int
+    threads: int | None = None
+    input2: str | None = None
+    score: ScoreOptions | None = None
 
 
 def build_run_config(req: RunRequest) -> RunConfig:
@@ -59,7 +62,8 @@ def build_run_config(req: RunRequest) -> RunConfig:
     pooling_task: PoolingTask = "embed" if req.task == "embed" else "classify"
     preset, preset_name = o.load_preset(req.config)
     pooler_data = o.parse_pooler_config_option(req.pooler_config)
-    check_fields_for_task(pooling_task, pooler_data, source="--pooler-config")
+    if req.task not in ("score", "rerank"):  # their pooling task depends on the model: checked in the score plan
+        check_fields_for_task(pooling_task, pooler_data, source="--pooler-config")
     flags = {k: v for k, v in req.pooler_flags.items() if v is not None}
     try:
         flag_pooler = PoolerConfig(**flags).canonical()
@@ -67,7 +71,7 @@ def build_run_config(req: RunRequest) -> RunConfig:
         raise UsageError(str(exc)) from None
     return RunConfig(
         task=req.task,
-        inputs=(req.input,),
+        inputs=(req.input,) if req.input2 is None else (req.input, req.input2),
         output=req.output or default_output(req.input, req.task),
         errors=req.errors,
         model=req.model,
@@ -101,6 +105,8 @@ def build_run_config(req: RunRequest) -> RunConfig:
         progress=req.progress,
         verbose=req.verbose,
         seed=req.seed,
+        threads=req.threads,
+        score=req.score,
     )
 
 
@@ -110,6 +116,8 @@ def execute(req: RunRequest) -> None:
     from poolcli.io.readers import InputSpec, open_source
 
     run = build_run_config(req)
+    if run.task in ("score", "rerank"):
+        return _execute_score(run)
     source = open_source(InputSpec(run.inputs[0], run.text_field, run.id_field, run.keep_columns))
     model = resolve_model(
         run.model, hf_overrides=run.hf_overrides, convert=run.convert, max_model_len=run.max_model_len
@@ -133,8 +141,95 @@ def execute(req: RunRequest) -> None:
     print_summary(_trim(summary, run.verbose), quiet=run.quiet)
 
 
+def score_request(task: Task, flags: dict[str, Any], opts: ScoreOptions) -> None:
+    """score and rerank: their flags (the command's locals) -> a RunRequest; pairing options ride in `opts`."""
+    execute(
+        RunRequest(
+            task=task,
+            input=flags["input"],
+            input2=flags.get("input2"),
+            output=flags["output"],
+            errors=flags["errors"],
+            model=flags["model"],
+            config=flags["config"],
+            pooler_config=flags["pooler_config"],
+            pooler_flags={"pooling_type": flags["pooling_type"], "use_activation": flags["use_activation"]},
+            prompt=flags["prompt"],
+            prompt_name=flags["prompt_name"],
+            truncate_prompt_tokens=flags["truncate_prompt_tokens"],
+            truncation_side="right",
+            on_too_long="truncate",
+            text_field=flags["text_field"],
+            id_field=flags["id_field"],
+            keep_columns=flags.get("keep_columns"),
+            output_dtype="float32",
+            device=flags["device"],
+            dtype=flags["dtype"],
+            hf_overrides=flags["hf_overrides"],
+            convert=flags["convert"],
+            trust_remote_code=flags["trust_remote_code"],
+            max_model_len=flags["max_model_len"],
+            max_batch_tokens=flags["max_batch_tokens"],
+            max_batch_size=flags["max_batch_size"],
+            window_rows=flags["window_rows"],
+            part_rows=flags["part_rows"],
+            overwrite=flags["overwrite"],
+            max_errors=0 if flags["strict"] else flags["max_errors"],
+            max_error_rate=flags["max_error_rate"],
+            quiet=flags["quiet"],
+            progress=flags["progress"],
+            verbose=flags["verbose"],
+            seed=flags["seed"],
+            threads=flags["threads"],
+            score=opts,
+        )
+    )
+
+
+def _execute_score(run: RunConfig) -> None:
+    from poolcli.engine.plan import build_score_plan
+    from poolcli.engine.resolve import resolve_model
+    from poolcli.io.pairs import load_rerank_job, load_score_job
+
+    opts = run.score or ScoreOptions()
+    if run.task == "score":
+        job = load_score_job(
+            run.inputs,
+            query=opts.query,
+            cross=opts.cross,
+            text_field=run.text_field,
+            id_field=run.id_field,
+            keep_columns=run.keep_columns,
+        )
+    else:
+        if opts.top_n < 0:
+            raise UsageError(f"--top-n must be 0 (all) or more, got {opts.top_n}")
+        job = load_rerank_job(
+            run.inputs, query=opts.query, group_by=opts.group_by, text_field=run.text_field, id_field=run.id_field
+        )
+    model = resolve_model(
+        run.model, hf_overrides=run.hf_overrides, convert=run.convert, max_model_len=run.max_model_len
+    )
+    plan = build_score_plan(run, model)
+
+    import torch
+
+    torch.manual_seed(run.seed)
+    from poolcli.engine.scoring import run_score
+
+    progress = make_progress(f"{run.task} {model.name}", quiet=run.quiet, progress=run.progress)
+    try:
+        summary = run_score(run, plan, job, progress).as_dict()
+    except PoolcliError as exc:
+        partial = getattr(exc, "summary", None)
+        if partial is not None and isinstance(exc, Interrupted | ErrorBudgetExceeded):
+            print_summary(_trim(partial, run.verbose), quiet=run.quiet)
+        raise
+    print_summary(_trim(summary, run.verbose), quiet=run.quiet)
+
+
 def _trim(info: dict[str, Any], verbose: bool) -> dict[str, Any]:
     if not verbose:
-        for key in ("padded_tokens", "batches", "padding_ratio", "oom_splits", "load_seconds"):
+        for key in ("padded_tokens", "batches", "padding_ratio", "oom_splits", "load_seconds", "threads"):
             info.pop(key, None)
     return info

@@ -58,6 +58,7 @@ def embed(
     progress: o.ProgressOpt = None,
     verbose: o.Verbose = False,
     seed: o.Seed = 0,
+    threads: o.Threads = None,
 ) -> None:
     """Embed every row's text: one vector per row, written as Parquet (fixed_size_list<float32>)."""
     from poolcli.commands._run import RunRequest, execute
@@ -98,5 +99,6 @@ def embed(
             progress=progress,
             verbose=verbose,
             seed=seed,
+            threads=threads,
         )
     )

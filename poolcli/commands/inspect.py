@@ -77,6 +77,20 @@ def inspect(
         "preset": preset_name,
         "hf_overrides": resolved.hf_overrides,
     }
+    if resolved.classifier is not None:
+        from poolcli.engine.plan import classifier_activation
+
+        c = resolved.classifier
+        info["num_labels"] = c.num_labels
+        info["labels"] = [c.id2label.get(i, str(i)) for i in range(c.num_labels)] if c.id2label else []
+        info["activation"] = classifier_activation(c)
+        info["classifier_from_token"] = (
+            f"{', '.join(c.from_token.tokens)} ({c.from_token.method})" if c.from_token else None
+        )
+        info["score_type"] = "cross-encoder" if c.num_labels == 1 else None
+        info["pair_encoding"] = "text pair" if c.use_sep_token else "concatenation"
+    elif "embed" in resolved.supported_tasks:
+        info["score_type"] = "bi-encoder"
     if as_json:
         print_text(json.dumps(info, indent=2))
         return

@@ -61,6 +61,7 @@ class Summary(msgspec.Struct, kw_only=True):
     parts_skipped: int = 0
     rows_computed: int = 0
     oom_splits: int = 0
+    threads: int = 0
     seconds: float = 0.0
     load_seconds: float = 0.0
     """Time spent loading the model and tokenizer (part of `seconds`)."""
@@ -165,11 +166,78 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
+class BatchLoop:
+    """Cuts rows into batches under the padded-token budget and runs them, surviving out-of-memory errors.
+
+    A batch that runs out of memory is split in halves and each half retried (down to a single row, which then
+    fails alone as OOM_SINGLE_ROW); the budget is lowered to half the failed batch so later batches fit. `budget`
+    is the state a resumed run restores.
+    """
+
+    def __init__(self, budget: int, max_rows: int, *, device: str, quiet: bool) -> None:
+        self.budget = budget
+        self.max_rows = max_rows
+        self.device = device
+        self.quiet = quiet
+        self.oom_splits = 0
+
+    def run(
+        self,
+        lengths: list[int],
+        forward: Callable[[list[int]], None],
+        stop: StopFlag,
+        on_batch: Callable[[int, int], None],
+    ) -> dict[int, tuple[ErrorCode, str]]:
+        """Calls `forward(batch)` for every batch (indices into `lengths`); returns the rows that failed."""
+        failed: dict[int, tuple[ErrorCode, str]] = {}
+
+        def compute(batch: list[int]) -> None:
+            try:
+                forward(batch)
+            except Exception as exc:
+                if not _is_oom(exc):
+                    raise
+                self.free()
+                padded = len(batch) * max(lengths[j] for j in batch)
+                if len(batch) == 1:
+                    failed[batch[0]] = ("OOM_SINGLE_ROW", f"out of memory even alone ({lengths[batch[0]]} tokens)")
+                    print_warning(
+                        f"out of memory on a single row of {lengths[batch[0]]} tokens; it becomes an "
+                        "OOM_SINGLE_ROW error row",
+                        quiet=self.quiet,
+                    )
+                    return
+                half = len(batch) // 2
+                self.budget = min(self.budget, max(1, padded // 2))
+                self.oom_splits += 1
+                print_warning(
+                    f"out of memory on a batch of {len(batch)} rows x {padded // len(batch)} tokens; "
+                    f"splitting into {half} + {len(batch) - half}, batch budget now {self.budget} tokens",
+                    quiet=self.quiet,
+                )
+                compute(batch[:half])
+                compute(batch[half:])
+                return
+            on_batch(len(batch), sum(lengths[j] for j in batch))
+
+        for batch in cut_batches(lengths, max_tokens=self.budget, max_rows=self.max_rows):
+            compute(batch)
+            stop.check()
+        return failed
+
+    def free(self) -> None:
+        import torch
+
+        gc.collect()
+        if self.device == "cuda":
+            torch.cuda.empty_cache()
+
+
 class Embedder:
     """Token ids of one window -> vectors, batch by batch, with OOM splitting and the fp32 retry of NaN rows."""
 
     def __init__(self, run: RunConfig, plan: Plan, faults: Faults, *, quiet: bool) -> None:
-        from poolcli.engine.runner import ModelRunner, load_projector
+        from poolcli.engine.runner import ModelRunner, configure_threads, load_projector
         from poolcli.pooler.dispatch import EmbedPooler
 
         self.run = run
@@ -178,6 +246,7 @@ class Embedder:
         self.quiet = quiet
         model = plan.model
         self.runner = ModelRunner(model, device=run.device, dtype=run.dtype, trust_remote_code=run.trust_remote_code)
+        self.threads = configure_threads(run.threads, self.runner.device)
         self.encoder = TextEncoder(plan)
         projector = load_projector(Path(model.root), model.dense)
         if projector is not None:
@@ -190,13 +259,13 @@ class Embedder:
             skip_prompt_tokens=self.encoder.prompt_tokens,
         )
         self.dim = plan.params.dimensions or plan.embedding_size
-        self.budget = run.max_batch_tokens or (
+        budget = run.max_batch_tokens or (
             DEFAULT_GPU_BATCH_TOKENS if self.runner.device.type == "cuda" else DEFAULT_CPU_BATCH_TOKENS
         )
+        self.loop = BatchLoop(budget, run.max_batch_size, device=self.runner.device.type, quiet=quiet)
         self._fp32: ModelRunner | None = None
         self.batches = 0
         self.padded_tokens = 0
-        self.oom_splits = 0
 
     def _forward(self, runner: ModelRunner, seqs: list[list[int]], rows: list[int], *, retry: bool) -> torch.Tensor:
         import torch
@@ -227,42 +296,12 @@ class Embedder:
     ) -> tuple[np.ndarray, dict[int, tuple[ErrorCode, str]]]:
         """Vectors for `seqs` (in their order) and the failures {index: (code, message)}."""
         vectors = np.zeros((len(seqs), self.dim), dtype=np.float32)
-        failed: dict[int, tuple[ErrorCode, str]] = {}
-        lengths = [len(s) for s in seqs]
 
-        def compute(batch: list[int]) -> None:
-            try:
-                out = self._forward(self.runner, [seqs[j] for j in batch], [rows[j] for j in batch], retry=False)
-            except Exception as exc:
-                if not _is_oom(exc):
-                    raise
-                self._free()
-                padded = len(batch) * max(lengths[j] for j in batch)
-                if len(batch) == 1:
-                    failed[batch[0]] = ("OOM_SINGLE_ROW", f"out of memory even alone ({lengths[batch[0]]} tokens)")
-                    print_warning(
-                        f"out of memory on a single row of {lengths[batch[0]]} tokens; it becomes an "
-                        "OOM_SINGLE_ROW error row",
-                        quiet=self.quiet,
-                    )
-                    return
-                half = len(batch) // 2
-                self.budget = min(self.budget, max(1, padded // 2))
-                self.oom_splits += 1
-                print_warning(
-                    f"out of memory on a batch of {len(batch)} rows x {padded // len(batch)} tokens; "
-                    f"splitting into {half} + {len(batch) - half}, batch budget now {self.budget} tokens",
-                    quiet=self.quiet,
-                )
-                compute(batch[:half])
-                compute(batch[half:])
-                return
+        def forward(batch: list[int]) -> None:
+            out = self._forward(self.runner, [seqs[j] for j in batch], [rows[j] for j in batch], retry=False)
             vectors[batch] = out.numpy()
-            on_batch(len(batch), sum(lengths[j] for j in batch))
 
-        for batch in cut_batches(lengths, max_tokens=self.budget, max_rows=self.run.max_batch_size):
-            compute(batch)
-            stop.check()
+        failed = self.loop.run([len(s) for s in seqs], forward, stop, on_batch)
 
         bad = [j for j in np.flatnonzero(~np.isfinite(vectors).all(axis=1)).tolist() if j not in failed]
         for j in bad:
@@ -271,7 +310,7 @@ class Embedder:
             except Exception as exc:
                 if not _is_oom(exc):
                     raise
-                self._free()
+                self.loop.free()
                 failed[j] = ("OOM_SINGLE_ROW", "out of memory recomputing a non-finite row in float32")
                 continue
             if bool(np.isfinite(out.numpy()).all()):
@@ -293,13 +332,6 @@ class Embedder:
                 self.plan.model, device=run.device, dtype="float32", trust_remote_code=run.trust_remote_code
             )
         return self._fp32
-
-    def _free(self) -> None:
-        import torch
-
-        gc.collect()
-        if self.runner.device.type == "cuda":
-            torch.cuda.empty_cache()
 
 
 class _Window(NamedTuple):
@@ -435,7 +467,8 @@ def run_embed(run: RunConfig, plan: Plan, source: Source, progress: Progress, fa
     if embedder is not None:
         summary.batches = embedder.batches
         summary.padded_tokens = embedder.padded_tokens
-        summary.oom_splits = embedder.oom_splits
+        summary.oom_splits = embedder.loop.oom_splits
+        summary.threads = embedder.threads
     summary.seconds = time.monotonic() - started
     return summary
 
@@ -522,7 +555,7 @@ def _parts(
     done = set(store.done)
     budgets = [m.batch_budget for m in store.done.values() if m.batch_budget is not None]
     if budgets:
-        embedder.budget = min(embedder.budget, *budgets)
+        embedder.loop.budget = min(embedder.loop.budget, *budgets)
     part_rows = run.part_rows
     producer = _Producer(source, embedder.encoder, window_rows, skip=lambda b: b.first_row // part_rows in done)
     current: PartWriter | None = None
@@ -540,7 +573,7 @@ def _parts(
 
     def commit(writer: PartWriter) -> None:
         nonlocal computed_rows, computed_tokens
-        writer.batch_budget = embedder.budget
+        writer.batch_budget = embedder.loop.budget
         summary.add_part(writer.commit(), computed=True)
         computed_rows = computed_tokens = 0
         _check_budget(run, summary)

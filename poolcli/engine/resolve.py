@@ -15,7 +15,15 @@ from typing import Any, Literal
 import msgspec
 
 from poolcli.errors import ConfigError, NoInputError, UsageError
-from poolcli.vocab import ST_POOLING_MODES, Convert, PoolingTask, SeqPoolingType, StPoolingMode
+from poolcli.vocab import (
+    ST_POOLING_MODES,
+    Activation,
+    Convert,
+    FromTokenMethod,
+    PoolingTask,
+    SeqPoolingType,
+    StPoolingMode,
+)
 
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -109,6 +117,32 @@ class StPooling(msgspec.Struct, frozen=True):
     include_prompt: bool = True
 
 
+class FromToken(msgspec.Struct, frozen=True):
+    """A causal LM used as a classifier through the logits of a few vocabulary tokens (vLLM's conversion)."""
+
+    tokens: tuple[str, ...]
+    method: FromTokenMethod
+    """from_2_way_softmax: one label, weight row[tokens[1]] - row[tokens[0]]; no_post_processing: one label per
+    token, weight rows[tokens]."""
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.method == "from_2_way_softmax" else len(self.tokens)
+
+
+class ClassifierInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """What the model files say about its classifier head (used by classify, score and rerank)."""
+
+    num_labels: int
+    id2label: dict[int, str] = msgspec.field(default_factory=dict)
+    problem_type: str | None = None
+    st_activation: Activation | None = None
+    """The Sentence-Transformers cross-encoder's activation_fn, mapped; None when the model declares none."""
+    from_token: FromToken | None = None
+    use_sep_token: bool = True
+    """Pairs are encoded as a tokenizer text pair (True) or as plain concatenation (LLM rerankers)."""
+
+
 class ResolvedModel(msgspec.Struct, frozen=True, kw_only=True):
     """What poolcli found in the model files; the input to every later decision."""
 
@@ -138,6 +172,10 @@ class ResolvedModel(msgspec.Struct, frozen=True, kw_only=True):
     is_matryoshka: bool = False
     matryoshka_dimensions: tuple[int, ...] | None = None
     hf_overrides: dict[str, Any] = msgspec.field(default_factory=dict)
+    classifier: ClassifierInfo | None = None
+    """Set for models whose tasks include classify."""
+    type_vocab_size: int = 0
+    """Token type (segment) embeddings in the model; pairs pass token_type_ids only when this is 2 or more."""
 
 
 def bundled_model_path() -> Path:
@@ -335,6 +373,7 @@ def resolve_model(
 
     max_length, max_source = _model_max_length(body, config, model_type, st_max, max_model_len)
 
+    classifier = _classifier_info(config, path, config_path) if "classify" in tasks else None
     mds = config.get("matryoshka_dimensions")
     matryoshka = tuple(int(d) for d in mds) if isinstance(mds, list) and mds else None
     return ResolvedModel(
@@ -359,6 +398,70 @@ def resolve_model(
         is_matryoshka=bool(matryoshka) or bool(config.get("is_matryoshka", False)),
         matryoshka_dimensions=matryoshka,
         hf_overrides=overrides,
+        classifier=classifier,
+        type_vocab_size=int(config.get("type_vocab_size") or 0),
+    )
+
+
+# Sentence-Transformers cross-encoders name their activation by class path; only these are understood.
+_ST_ACTIVATIONS: dict[str, Activation] = {"Sigmoid": "sigmoid", "Softmax": "softmax", "Identity": "identity"}
+
+
+def _classifier_info(config: dict[str, Any], root: Path, config_path: Path) -> ClassifierInfo:
+    """num_labels, labels, problem type, the ST activation and the from-token conversion (vLLM section 4.2, 7)."""
+    tokens = config.get("classifier_from_token")
+    from_token: FromToken | None = None
+    if tokens is not None:
+        if not (isinstance(tokens, list) and tokens and all(isinstance(t, str) for t in tokens)):
+            raise ConfigError(f"classifier_from_token must be a list of token strings, got {tokens!r}")
+        if config.get("is_original_qwen3_reranker") and len(tokens) != 2:
+            raise ConfigError(
+                'is_original_qwen3_reranker needs classifier_from_token with two tokens, e.g. ["no", "yes"]',
+                hint="Try loading the original Qwen3 Reranker?",
+            )
+        method = config.get("method") or ("from_2_way_softmax" if len(tokens) == 2 else "no_post_processing")
+        if method not in ("from_2_way_softmax", "no_post_processing"):
+            raise ConfigError(f"method {method!r} is not one of from_2_way_softmax, no_post_processing")
+        if method == "from_2_way_softmax" and len(tokens) != 2:
+            raise ConfigError("method from_2_way_softmax needs exactly two classifier_from_token entries")
+        from_token = FromToken(tokens=tuple(tokens), method=msgspec.convert(method, FromTokenMethod))
+    id2label_raw = config.get("id2label") or {}
+    id2label = {int(k): str(v) for k, v in id2label_raw.items()} if isinstance(id2label_raw, dict) else {}
+    if from_token is not None:
+        num_labels = from_token.num_labels
+        id2label = dict(enumerate(from_token.tokens)) if num_labels > 1 else {}
+    else:
+        n = config.get("num_labels")
+        num_labels = int(n) if isinstance(n, int) else (len(id2label) or 2)
+    st_name: str | None = None
+    st_cfg = config.get("sentence_transformers")
+    if isinstance(st_cfg, dict) and st_cfg.get("activation_fn"):
+        st_name = str(st_cfg["activation_fn"])
+    elif config.get("sbert_ce_default_activation_function"):
+        st_name = str(config["sbert_ce_default_activation_function"])
+    else:
+        st_main = root / "config_sentence_transformers.json"
+        if st_main.is_file():
+            st_name = _read_json(st_main, what="Sentence-Transformers config").get("activation_fn") or None
+    st_activation: Activation | None = None
+    if st_name is not None:
+        if not st_name.startswith("torch.nn.modules."):
+            raise ConfigError(
+                f"{config_path}: activation {st_name!r}: loading of activation functions is restricted to "
+                "torch.nn.modules for security reasons"
+            )
+        st_activation = _ST_ACTIVATIONS.get(st_name.rsplit(".", 1)[-1])
+        if st_activation is None:
+            raise ConfigError(f"{config_path}: unsupported cross-encoder activation {st_name!r}")
+    problem_type = config.get("problem_type")
+    use_sep = config.get("use_sep_token", config.get("use_pad_token"))
+    return ClassifierInfo(
+        num_labels=num_labels,
+        id2label=id2label,
+        problem_type=str(problem_type) if problem_type else None,
+        st_activation=st_activation,
+        from_token=from_token,
+        use_sep_token=bool(use_sep) if use_sep is not None else from_token is None,
     )
 
 

@@ -33,6 +33,29 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask, which containers and `taskset` narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def configure_threads(threads: int | None, device: torch.device) -> int:
+    """Give the model every usable core (or `threads`) and keep the tokenizer off the model's cores on CPU.
+
+    On CPU the model is the bottleneck and tokenization is about 1% of the work (docs/performance.md), so the Rust
+    tokenizer gets one thread and overlaps with the model; on a GPU the tokenizer may be the bottleneck and gets
+    every core. torch's own default counts physical cores and ignores the affinity mask, which oversubscribes a
+    container limited to fewer cores.
+    """
+    n = threads or usable_cores()
+    torch.set_num_threads(n)
+    # Read when the tokenizer's thread pool starts, i.e. at its first batch; a value set by the user wins.
+    os.environ.setdefault("RAYON_NUM_THREADS", "1" if device.type == "cpu" else str(usable_cores()))
+    return n
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -130,3 +153,107 @@ def _read_state(folder: Path) -> dict[str, Tensor]:
         state: dict[str, Tensor] = torch.load(str(pt), map_location="cpu", weights_only=True)
         return state
     raise ConfigError(f"{folder}: no model.safetensors or pytorch_model.bin for the Dense module")
+
+
+class ClassifierRunner:
+    """A model with a classifier head: padded ids -> float32 logits [B, num_labels].
+
+    Sequence-classification checkpoints run through transformers' own class, so every architectural layer of the
+    head (BERT's tanh pooler, RoBERTa's dense + out_proj, a decoder's last-token `score`) runs exactly as in
+    transformers. A causal LM converted with `classifier_from_token` runs its body only and multiplies the last
+    token's hidden state by the chosen rows of the LM head (one difference row for a yes/no reranker), so the full
+    vocabulary's logits are never computed.
+    """
+
+    def __init__(
+        self, model: ResolvedModel, *, device: str, dtype: DType, trust_remote_code: bool, pad_id: int
+    ) -> None:
+        quiet_transformers()
+        from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+
+        info = model.classifier
+        if info is None:
+            raise ConfigError(f"{model.name} has no classifier head")
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.from_token = info.from_token
+        self.pad_id = pad_id
+        try:
+            config = AutoConfig.from_pretrained(model.path, trust_remote_code=trust_remote_code)
+            for key, value in model.hf_overrides.items():
+                setattr(config, key, value)
+            if self.from_token is not None:
+                self.model = AutoModel.from_pretrained(
+                    model.path, config=config, dtype=self.dtype, trust_remote_code=trust_remote_code
+                )
+                self.weight = self._token_weight(model, config).to(self.device)
+            else:
+                if model.is_decoder and getattr(config, "pad_token_id", None) is None:
+                    # transformers finds a decoder's last real token by the pad id; rows are padded with ours.
+                    config.pad_token_id = pad_id
+                self.model = AutoModelForSequenceClassification.from_pretrained(
+                    model.path, config=config, dtype=self.dtype, trust_remote_code=trust_remote_code
+                )
+        except (OSError, ValueError, KeyError) as exc:
+            raise ConfigError(f"cannot load model {model.name}: {str(exc).splitlines()[0]}") from None
+        self.model.eval().to(self.device)
+
+    def _token_weight(self, model: ResolvedModel, config: object) -> Tensor:
+        """[num_labels, hidden] float32 from the LM head rows of the classifier tokens (vLLM section 7)."""
+        from transformers import AutoTokenizer
+
+        assert self.from_token is not None
+        tok = AutoTokenizer.from_pretrained(model.path)
+        ids = []
+        for t in self.from_token.tokens:
+            i = tok.convert_tokens_to_ids(t)
+            if not isinstance(i, int) or i == tok.unk_token_id:
+                raise ConfigError(f"classifier_from_token: the tokenizer has no token {t!r}")
+            ids.append(i)
+        text_config = getattr(config, "text_config", None) or config
+        rows: Tensor
+        if getattr(text_config, "tie_word_embeddings", False):
+            rows = self.model.get_input_embeddings().weight[ids].detach().float()
+        else:
+            rows = _read_rows(Path(model.path), "lm_head.weight", ids)
+        if self.from_token.method == "from_2_way_softmax":
+            rows = (rows[1] - rows[0]).unsqueeze(0)
+        return rows
+
+    @torch.inference_mode()
+    def logits(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None) -> Tensor:
+        kwargs = {
+            "input_ids": input_ids.to(self.device, non_blocking=True),
+            "attention_mask": attention_mask.to(self.device, non_blocking=True),
+        }
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids.to(self.device, non_blocking=True)
+        out = self.model(**kwargs)
+        if self.from_token is None:
+            logits: Tensor = out.logits
+            return logits.float()
+        hidden: Tensor = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        mask = kwargs["attention_mask"]
+        last = mask.sum(dim=1) - 1  # rows are right-padded
+        h = hidden[torch.arange(hidden.shape[0], device=hidden.device), last].float()
+        return h @ self.weight.T
+
+
+def _read_rows(folder: Path, name: str, rows: list[int]) -> Tensor:
+    """Selected rows of one weight from the checkpoint's safetensors files, without loading the whole tensor."""
+    from safetensors import safe_open
+
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        import json
+
+        files = [folder / json.loads(index.read_text())["weight_map"][name]]
+    else:
+        files = [folder / "model.safetensors"]
+    for f in files:
+        if f.is_file():
+            with safe_open(str(f), framework="pt") as fh:
+                if name in fh.keys():  # noqa: SIM118 - safe_open handles have keys(), not __contains__
+                    part = fh.get_slice(name)
+                    return torch.stack([part[r] for r in rows]).float()
+    raise ConfigError(f"{folder}: no {name} in the safetensors files (needed for classifier_from_token)")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -12,7 +12,7 @@ from poolcli.errors import ConfigError, UsageError
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-    from poolcli.engine.plan import Plan
+    from poolcli.engine.plan import Plan, ScorePlan
 
 
 class Encoded(msgspec.Struct):
@@ -30,19 +30,9 @@ class TextEncoder:
     """
 
     def __init__(self, plan: Plan) -> None:
-        from poolcli.engine.runner import quiet_transformers
-
-        quiet_transformers()
-        from transformers import AutoTokenizer
-
-        try:
-            hf = AutoTokenizer.from_pretrained(plan.model.path, trust_remote_code=False)
-        except Exception as exc:  # transformers raises many types for a broken tokenizer
-            raise ConfigError(f"cannot load the tokenizer from {plan.model.path}: {exc}") from None
-        backend = getattr(hf, "backend_tokenizer", None)
-        if backend is None:
-            raise ConfigError(f"{plan.model.path}: poolcli needs a fast (Rust) tokenizer")
         from tokenizers import Tokenizer
+
+        hf, backend = _load_tokenizer(plan.model.path)
 
         # A private copy: truncation and padding settings are ours, whatever the saved tokenizer had.
         self._tok: Tokenizer = Tokenizer.from_str(backend.to_str())
@@ -105,6 +95,119 @@ class TextEncoder:
             kept = ids[:lead] + body[:prompt_len] + body[len(body) - room :] + ids[len(ids) - trail :]
             out.append(Encoded(kept, True))
         return out
+
+
+def _load_tokenizer(path: str) -> tuple[Any, Any]:
+    """The model's Hugging Face tokenizer and its Rust backend (poolcli works on copies of the backend)."""
+    from poolcli.engine.runner import quiet_transformers
+
+    quiet_transformers()
+    from transformers import AutoTokenizer
+
+    try:
+        hf = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except Exception as exc:  # transformers raises many types for a broken tokenizer
+        raise ConfigError(f"cannot load the tokenizer from {path}: {exc}") from None
+    backend = getattr(hf, "backend_tokenizer", None)
+    if backend is None:
+        raise ConfigError(f"{path}: poolcli needs a fast (Rust) tokenizer")
+    return hf, backend
+
+
+class EncodedPair(msgspec.Struct):
+    """One (query, document) pair as the model sees it."""
+
+    ids: list[int]
+    type_ids: list[int] | None
+    """Segment ids (0 for the query, 1 for the document) for models that have token types."""
+    truncated: bool
+
+
+class PairEncoder:
+    """(query, document) pairs -> one token sequence each, for cross-encoders and LLM rerankers.
+
+    A classic cross-encoder gets the tokenizer's own text-pair encoding (`[CLS] q [SEP] d [SEP]` with token types).
+    Too-long pairs lose document tokens first; only a query that alone overflows the limit is cut too (the
+    tokenizer's longest-first rule). LLM rerankers (no separator) get the query and document templates rendered
+    and concatenated; a too-long prompt loses the end of the document, never the template's suffix.
+    """
+
+    def __init__(self, plan: ScorePlan) -> None:
+        from tokenizers import Tokenizer
+
+        from poolcli.config import ScoreTemplate
+
+        hf, backend = _load_tokenizer(plan.model.path)
+        text = backend.to_str()
+        self.max_tokens = plan.max_tokens
+        self._plain: Tokenizer = Tokenizer.from_str(text)
+        self._plain.no_padding()
+        self._plain.no_truncation()
+        self._doc_first: Tokenizer = Tokenizer.from_str(text)
+        self._doc_first.no_padding()
+        self._doc_first.enable_truncation(max_length=plan.max_tokens, strategy="only_second")
+        self._longest: Tokenizer = Tokenizer.from_str(text)
+        self._longest.no_padding()
+        self._longest.enable_truncation(max_length=plan.max_tokens, strategy="longest_first")
+        n_special = int(hf.num_special_tokens_to_add(pair=plan.use_sep_token))
+        if plan.max_tokens <= n_special + 1:
+            raise UsageError(f"a limit of {plan.max_tokens} tokens leaves no room for a query and a document")
+        self.use_sep = plan.use_sep_token
+        self.template = plan.template or ScoreTemplate()
+        self.instruction = plan.instruction
+        self.with_types = plan.model.type_vocab_size >= 2
+        self.max_query = plan.max_tokens_per_query
+        self.max_doc = plan.max_tokens_per_doc
+        self.lower = plan.model.do_lower_case
+        self.pad_id = _pad_id(hf)
+
+    def _cut(self, texts: list[str], n: int) -> list[str]:
+        """Each text cut to its first n tokens, at the character where the n-th token ends (no decode)."""
+        out = []
+        for text, enc in zip(texts, self._plain.encode_batch(texts, add_special_tokens=False), strict=True):
+            out.append(text[: enc.offsets[n - 1][1]] if len(enc.ids) > n else text)
+        return out
+
+    def encode(self, pairs: Sequence[tuple[str, str]]) -> list[EncodedPair]:
+        queries = [q.lower() if self.lower else q for q, _ in pairs]
+        docs = [d.lower() if self.lower else d for _, d in pairs]
+        if self.max_query:
+            queries = self._cut(queries, self.max_query)
+        if self.max_doc:
+            docs = self._cut(docs, self.max_doc)
+        if not self.use_sep:
+            return [self._render(q, d) for q, d in zip(queries, docs, strict=True)]
+        try:
+            batch = self._doc_first.encode_batch(list(zip(queries, docs, strict=True)), add_special_tokens=True)
+        except Exception:  # one query alone is over the limit: pair by pair, longest-first for those
+            batch = []
+            for q, d in zip(queries, docs, strict=True):
+                try:
+                    batch.append(self._doc_first.encode(q, d, add_special_tokens=True))
+                except Exception:
+                    batch.append(self._longest.encode(q, d, add_special_tokens=True))
+        return [EncodedPair(e.ids, list(e.type_ids) if self.with_types else None, bool(e.overflowing)) for e in batch]
+
+    def _prompt(self, query: str, doc: str) -> str:
+        t = self.template
+        head = t.query.replace("{instruction}", self.instruction).replace("{query}", query)
+        return head + t.document.replace("{instruction}", self.instruction).replace("{document}", doc)
+
+    def _render(self, query: str, doc: str) -> EncodedPair:
+        ids = self._plain.encode(self._prompt(query, doc), add_special_tokens=True).ids
+        if len(ids) <= self.max_tokens:
+            return EncodedPair(ids, None, False)
+        # Cutting the text and re-tokenizing can shift a token at the cut; a few rounds settle it.
+        for _ in range(4):
+            enc = self._plain.encode(doc, add_special_tokens=False)
+            keep = len(enc.ids) - (len(ids) - self.max_tokens)
+            if keep < 1:
+                break
+            doc = doc[: enc.offsets[keep - 1][1]]
+            ids = self._plain.encode(self._prompt(query, doc), add_special_tokens=True).ids
+            if len(ids) <= self.max_tokens:
+                return EncodedPair(ids, None, True)
+        return EncodedPair(ids[: self.max_tokens], None, True)
 
 
 def _pad_id(hf: object) -> int:

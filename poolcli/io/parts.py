@@ -338,8 +338,8 @@ class PartStore:
 
     # -- one part ------------------------------------------------------------------------------------------
 
-    def begin(self, k: int, first_row: int) -> PartWriter:
-        return PartWriter(self, k, first_row)
+    def begin(self, k: int, first_row: int, *, id_column: str = "id", value_column: str = "embedding") -> PartWriter:
+        return PartWriter(self, k, first_row, id_column=id_column, value_column=value_column)
 
     # -- the end -------------------------------------------------------------------------------------------
 
@@ -484,8 +484,13 @@ def final_file_fingerprint(path: Path) -> str | None:
 class PartWriter:
     """Writes one part into staging; `commit` validates it and runs the commit sequence."""
 
-    def __init__(self, store: PartStore, k: int, first_row: int) -> None:
+    def __init__(
+        self, store: PartStore, k: int, first_row: int, *, id_column: str = "id", value_column: str = "embedding"
+    ) -> None:
         self.store = store
+        self.id_column = id_column
+        self.value_column = value_column
+        """The column whose values must be finite (vectors or scores)."""
         self.k = k
         self.first_row = first_row
         self.staged = store.layout.staging / part_file(k)
@@ -509,7 +514,7 @@ class PartWriter:
             self.writer.write_table(table)
         except OSError as exc:
             raise _oserror("write", self.staged, exc) from None
-        self.ids.extend(table.column("id").to_pylist())
+        self.ids.extend(table.column(self.id_column).to_pylist())
 
     def _promote(self, schema: pa.Schema) -> None:
         """A kept column that was all-null so far got a real type: rewrite what is staged with the new schema."""
@@ -604,11 +609,14 @@ class PartWriter:
         import pyarrow.parquet as pq
 
         try:
-            table = pq.read_table(self.staged, columns=["id", "embedding"])
+            table = pq.read_table(self.staged, columns=[self.id_column, self.value_column])
         except Exception as exc:  # pyarrow raises ArrowInvalid for a torn file
             raise InternalError(f"part {self.k} failed validation: {exc}") from None
-        if table.num_rows != len(self.ids) or table.column("id").to_pylist() != self.ids:
+        if table.num_rows != len(self.ids) or table.column(self.id_column).to_pylist() != self.ids:
             raise InternalError(f"part {self.k} failed validation: rows or ids differ from what was computed")
-        values = table.column("embedding").combine_chunks().values.to_numpy(zero_copy_only=False)
+        column = table.column(self.value_column).combine_chunks()
+        if hasattr(column, "values"):  # a list of vectors
+            column = column.values
+        values = column.to_numpy(zero_copy_only=False)
         if not np.isfinite(values).all():
             raise InternalError(f"part {self.k} failed validation: non-finite values")

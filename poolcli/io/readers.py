@@ -522,3 +522,25 @@ def open_source(spec: InputSpec) -> Source:
     source = Source(spec, fmt, files)
     source.check_columns()
     return source
+
+
+def peek_columns(source: Source) -> list[str]:
+    """The input's column names: the Parquet schema, the CSV/TSV header, or the first JSONL object's keys."""
+    if source.format == "parquet":
+        import pyarrow.parquet as pq
+
+        return list(pq.read_schema(source.files[0]).names)
+    if source.format in ("csv", "tsv"):
+        with open(source.files[0], "rb") as fh:
+            first = fh.readline().decode("utf-8", "replace").removeprefix("\ufeff").rstrip("\r\n")
+        return [c.strip('"') for c in first.split("\t" if source.format == "tsv" else ",")]
+    if source.format == "jsonl" and source.files != ["-"]:
+        with _open_binary(source.files[0]) as (stream, _):
+            for _, raw in _lines(stream, source.files[0]):
+                try:
+                    obj = msgspec.json.decode(raw)
+                except msgspec.DecodeError:
+                    continue
+                if isinstance(obj, dict):
+                    return list(obj)
+    return []

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
     from poolcli.engine.resolve import DenseSpec
+    from poolcli.vocab import Activation
 
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -60,3 +61,44 @@ class EmbeddingHead:
         if self.normalize:
             x = F.normalize(x, p=2, dim=-1)
         return x
+
+
+class ClassifierHead:
+    """Classifier logits -> calibration -> final activation, in float32 (vLLM's classifier head, spec 4.2).
+
+    The model's own pooler and classifier layers have already run; this is what follows them:
+    `activation((logits - logit_mean) / logit_sigma)`, the activation only when `use_activation`.
+    """
+
+    def __init__(
+        self,
+        activation: Activation,
+        *,
+        use_activation: bool,
+        logit_mean: float | None = None,
+        logit_sigma: float | None = None,
+    ) -> None:
+        self.activation = activation
+        self.use_activation = use_activation
+        self.logit_mean = logit_mean
+        self.logit_sigma = logit_sigma
+
+    def __call__(self, logits: Tensor) -> Tensor:
+        x = logits.float()
+        if self.logit_mean is not None:
+            x = x - self.logit_mean
+        if self.logit_sigma is not None:
+            x = x / self.logit_sigma
+        if not self.use_activation or self.activation == "identity":
+            return x
+        if self.activation == "sigmoid":
+            return torch.sigmoid(x)
+        return torch.softmax(x, dim=-1)
+
+
+def maxsim(query: Tensor, doc: Tensor, *, normalize_by_length: bool = False) -> float:
+    """Late-interaction relevance: for each query token its best dot product over document tokens, summed
+    (divided by the query's token count with `normalize_by_length`), in float32."""
+    best = (query.float() @ doc.float().T).amax(dim=-1)
+    total = best.sum()
+    return float(total / query.shape[0]) if normalize_by_length else float(total)

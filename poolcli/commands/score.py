@@ -1,0 +1,83 @@
+"""`poolcli score`: one relevance or similarity score per (query, document) pair."""
+
+from __future__ import annotations
+
+import typer
+
+from poolcli.commands import _options as o
+from poolcli.config import ScoreOptions
+
+
+def score(
+    input: str = typer.Argument(
+        ...,
+        help="A pairs file (columns text_1/text_2 or query/document), or the queries when INPUT2 is given, or the "
+        "documents with --query.",
+        show_default=False,
+    ),
+    input2: str | None = typer.Argument(
+        None,
+        help="Documents: 1 query row x N = 1:N, N x N = zipped pairs (anything else is an error unless --cross).",
+        show_default=False,
+    ),
+    output: o.Output = None,
+    errors: o.Errors = None,
+    model: o.ModelOpt = None,
+    query: o.QueryText = None,
+    cross: bool = typer.Option(
+        False,
+        "--cross",
+        help="Two inputs: score every query against every document (N x M).",
+        rich_help_panel="Scoring",
+    ),
+    score_type: o.ScoreTypeOption = "auto",
+    use_activation: o.UseActivation = None,
+    instruction: o.Instruction = None,
+    max_tokens_per_query: o.MaxTokensPerQuery = 0,
+    max_tokens_per_doc: o.MaxTokensPerDoc = 0,
+    maxsim_normalize: o.MaxsimNormalize = False,
+    config: o.ConfigPreset = None,
+    pooler_config: o.PoolerConfigOpt = None,
+    pooling_type: o.PoolingTypeOpt = None,
+    prompt: o.Prompt = None,
+    prompt_name: o.PromptName = None,
+    truncate_prompt_tokens: o.TruncatePromptTokens = None,
+    text_field: o.TextField = "text",
+    id_field: o.IdField = None,
+    keep_columns: o.KeepColumns = None,
+    device: o.Device = "auto",
+    dtype: o.DTypeOpt = "auto",
+    hf_overrides: o.HfOverrides = None,
+    convert: o.ConvertOpt = "auto",
+    trust_remote_code: o.TrustRemoteCode = False,
+    max_model_len: o.MaxModelLen = None,
+    max_batch_tokens: o.MaxBatchTokens = "auto",
+    max_batch_size: o.MaxBatchSize = 512,
+    window_rows: o.WindowRows = 4096,
+    part_rows: o.PartRows = 65536,
+    overwrite: o.Overwrite = False,
+    max_errors: o.MaxErrors = None,
+    max_error_rate: o.MaxErrorRate = None,
+    strict: o.Strict = False,
+    quiet: o.Quiet = False,
+    progress: o.ProgressOpt = None,
+    verbose: o.Verbose = False,
+    seed: o.Seed = 0,
+    threads: o.Threads = None,
+) -> None:
+    """Score pairs: a cross-encoder's relevance, a bi-encoder's cosine, or late-interaction MaxSim."""
+    from poolcli.commands._run import score_request
+
+    score_request(
+        "score",
+        locals(),
+        ScoreOptions(
+            score_type=score_type,
+            query=query,
+            cross=cross,
+            maxsim_normalize=maxsim_normalize,
+            max_tokens_per_query=max_tokens_per_query,
+            max_tokens_per_doc=max_tokens_per_doc,
+            instruction=instruction,
+        ),
+    )
