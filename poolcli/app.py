@@ -10,6 +10,7 @@ import traceback
 import typer
 
 from poolcli import __version__
+from poolcli.commands.classify import classify
 from poolcli.commands.embed import embed
 from poolcli.commands.inspect import inspect
 from poolcli.commands.rerank import rerank
@@ -29,6 +30,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.command("embed")(embed)
+app.command("classify")(classify)
 app.command("score")(score)
 app.command("rerank")(rerank)
 app.command("inspect")(inspect)

@@ -244,6 +244,15 @@ class ScoreOptions(msgspec.Struct, frozen=True, kw_only=True):
     """Replaces the template's default instruction."""
 
 
+class ClassifyOptions(msgspec.Struct, frozen=True, kw_only=True):
+    """What `classify` adds to a run."""
+
+    top_k: int = 0
+    """Also write the K best labels and scores (0: no top_k column)."""
+    threshold: float = 0.5
+    """Multi-label models: the probability at which a class joins the row's `labels`."""
+
+
 class RunConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Everything a run needs that is not the model's own resolution; built once from the command line."""
 
@@ -302,6 +311,8 @@ class RunConfig(msgspec.Struct, frozen=True, kw_only=True):
     preset: Preset | None = None
     score: ScoreOptions | None = None
     """Set for score and rerank."""
+    classify: ClassifyOptions | None = None
+    """Set for classify."""
     """The --config preset, if any."""
     preset_name: str | None = None
     hf_overrides: dict[str, Any] = msgspec.field(default_factory=dict)

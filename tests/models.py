@@ -174,3 +174,45 @@ def build_st(
     st = SentenceTransformer(modules=modules, device="cpu", prompts=prompts or {})
     st.save(str(path))
     return path
+
+
+def build_classifier(
+    path: Path, *, family: str, num_labels: int, problem_type: str | None = None, seed: int = 0
+) -> Path:
+    """A tiny random sequence classifier (BERT or Qwen3), with named labels and an optional problem_type; weights
+    spread wide enough that the classes are told apart."""
+    from transformers import BertConfig, BertForSequenceClassification, Qwen3Config, Qwen3ForSequenceClassification
+
+    labels = {i: f"class_{chr(ord('a') + i)}" for i in range(num_labels)}
+    extra = {"problem_type": problem_type} if problem_type else {}
+    torch.manual_seed(seed)
+    model: torch.nn.Module
+    if family == "bert":
+        vocab_size = save_bert_tokenizer(path, model_max_length=64)
+        config = BertConfig(
+            vocab_size=vocab_size,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            num_labels=num_labels,
+            id2label=labels,
+            label2id={v: k for k, v in labels.items()},
+            initializer_range=0.5,
+            **extra,
+        )
+        model = BertForSequenceClassification(config)
+    else:
+        build_qwen3(path, seed=seed, append_eos=False, max_positions=64)
+        config = Qwen3Config.from_pretrained(str(path))
+        config.num_labels = num_labels
+        config.id2label = labels
+        config.label2id = {v: k for k, v in labels.items()}
+        config.architectures = ["Qwen3ForSequenceClassification"]
+        config.initializer_range = 0.5
+        if problem_type:
+            config.problem_type = problem_type
+        model = Qwen3ForSequenceClassification(config)
+    model.eval().save_pretrained(str(path))
+    return path

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from poolcli.commands import _options as o
-from poolcli.config import PoolerConfig, RunConfig, ScoreOptions, parse_pooler_config
+from poolcli.config import ClassifyOptions, PoolerConfig, RunConfig, ScoreOptions, parse_pooler_config
 from poolcli.console import make_progress, print_summary
 from poolcli.errors import ErrorBudgetExceeded, Interrupted, PoolcliError, UsageError
 from poolcli.io.writers import default_output
 from poolcli.vocab import Convert, DType, OnTooLong, OutputDType, PoolingTask, Task, TruncationSide
+
+if TYPE_CHECKING:
+    from poolcli.console import Progress
+    from poolcli.engine.pipeline import Summary
+    from poolcli.engine.resolve import ResolvedModel
+    from poolcli.io.readers import Source
 
 
 class RunRequest(msgspec.Struct, kw_only=True):
@@ -54,6 +61,7 @@ class RunRequest(msgspec.Struct, kw_only=True):
     threads: int | None = None
     input2: str | None = None
     score: ScoreOptions | None = None
+    classify: ClassifyOptions | None = None
 
 
 def build_run_config(req: RunRequest) -> RunConfig:
@@ -107,6 +115,7 @@ def build_run_config(req: RunRequest) -> RunConfig:
         seed=req.seed,
         threads=req.threads,
         score=req.score,
+        classify=req.classify,
     )
 
 
@@ -122,16 +131,22 @@ def execute(req: RunRequest) -> None:
     model = resolve_model(
         run.model, hf_overrides=run.hf_overrides, convert=run.convert, max_model_len=run.max_model_len
     )
-    plan = build_plan(run, model, "embed")
+    if run.task == "classify":
+        runner = _classify_runner(run, model, source)
+    else:
+        plan = build_plan(run, model, "embed")
+
+        def runner(progress: Progress) -> Summary:
+            from poolcli.engine.pipeline import run_embed
+
+            return run_embed(run, plan, source, progress)
 
     import torch
 
     torch.manual_seed(run.seed)
-    from poolcli.engine.pipeline import run_embed
-
     progress = make_progress(f"{run.task} {model.name}", quiet=run.quiet, progress=run.progress)
     try:
-        summary = run_embed(run, plan, source, progress).as_dict()
+        summary = runner(progress).as_dict()
     except PoolcliError as exc:
         # A stopped run still reports what it committed, before the error line.
         partial = getattr(exc, "summary", None)
@@ -184,6 +199,39 @@ def score_request(task: Task, flags: dict[str, Any], opts: ScoreOptions) -> None
             score=opts,
         )
     )
+
+
+def _classify_runner(run: RunConfig, model: ResolvedModel, source: Source) -> Callable[[Progress], Summary]:
+    from poolcli.engine.plan import build_classify_plan
+
+    cplan = build_classify_plan(run, model)
+    opts = run.classify or ClassifyOptions()
+    if not 0 <= opts.threshold <= 1:
+        raise UsageError(f"--threshold must be between 0 and 1, got {opts.threshold}")
+
+    def runner(progress: Progress) -> Summary:
+        from poolcli.engine.classify import Classifier
+        from poolcli.engine.pipeline import run_rows
+        from poolcli.io.arrow import ClassifyTableBuilder
+
+        return run_rows(
+            run,
+            cplan.text,
+            source,
+            progress,
+            describe=cplan.describe(),
+            make_builder=lambda metadata: ClassifyTableBuilder(
+                list(cplan.labels),
+                multi_label=cplan.multi_label,
+                threshold=opts.threshold,
+                top_k=opts.top_k,
+                keep_columns=run.keep_columns,
+                metadata=metadata,
+            ),
+            make_worker=lambda faults: Classifier(run, cplan, faults, quiet=run.quiet),
+        )
+
+    return runner
 
 
 def _execute_score(run: RunConfig) -> None:

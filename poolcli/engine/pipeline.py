@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import msgspec
 import numpy as np
@@ -343,7 +343,7 @@ class _Window(NamedTuple):
 
 def _process_window(
     item: _Item,
-    embedder: Embedder,
+    embedder: RowWorker,
     builder: EmbedTableBuilder,
     run: RunConfig,
     source: Source,
@@ -406,6 +406,37 @@ def _process_window(
 
 
 def run_embed(run: RunConfig, plan: Plan, source: Source, progress: Progress, faults: Faults | None = None) -> Summary:
+    return run_rows(run, plan, source, progress, faults)
+
+
+class RowWorker(Protocol):
+    """What the row pipeline drives: token ids of one window -> one output vector per row (see `Embedder`)."""
+
+    plan: Plan
+    encoder: TextEncoder
+    loop: BatchLoop
+    batches: int
+    padded_tokens: int
+    threads: int
+
+    def embed(
+        self, seqs: list[list[int]], rows: list[int], stop: StopFlag, on_batch: Callable[[int, int], None]
+    ) -> tuple[np.ndarray, dict[int, tuple[ErrorCode, str]]]: ...
+
+
+def run_rows(
+    run: RunConfig,
+    plan: Plan,
+    source: Source,
+    progress: Progress,
+    faults: Faults | None = None,
+    *,
+    describe: dict[str, Any] | None = None,
+    make_builder: Callable[[dict[bytes, bytes]], EmbedTableBuilder] | None = None,
+    make_worker: Callable[[Faults], RowWorker] | None = None,
+) -> Summary:
+    """One text per input row -> one output row, in committed parts (embed by default; classify passes its own
+    plan description, table builder and worker)."""
     from poolcli.engine.runner import resolve_device, resolve_dtype
 
     faults = faults if faults is not None else Faults.from_env()
@@ -421,7 +452,7 @@ def run_embed(run: RunConfig, plan: Plan, source: Source, progress: Progress, fa
         "task": plan.task,
         "model": model.name,
         "model_weights_sha256": weights_digest(Path(model.root)),
-        "plan": plan.describe(),
+        "plan": describe if describe is not None else plan.describe(),
         "dtype": str(resolve_dtype(run.dtype, resolve_device(run.device))).removeprefix("torch."),
         "output_dtype": run.output_dtype,
         "part_rows": run.part_rows,
@@ -432,14 +463,24 @@ def run_embed(run: RunConfig, plan: Plan, source: Source, progress: Progress, fa
     }
     run_fingerprint = fingerprint(identity)
     metadata = {b"poolcli": msgspec.json.encode({**identity, "fingerprint": run_fingerprint})}
-    dim = plan.params.dimensions or plan.embedding_size
-    builder = EmbedTableBuilder(dim, run.output_dtype, run.keep_columns, metadata)
+    if make_builder is not None:
+        builder = make_builder(metadata)
+    else:
+        dim = plan.params.dimensions or plan.embedding_size
+        builder = EmbedTableBuilder(dim, run.output_dtype, run.keep_columns, metadata)
+
+    def load() -> RowWorker:
+        t = time.monotonic()
+        worker = make_worker(faults) if make_worker is not None else Embedder(run, plan, faults, quiet=run.quiet)
+        summary.load_seconds = round(time.monotonic() - t, 3)
+        return worker
+
     kind = output_kind(run.output)
-    embedder: Embedder | None = None
+    embedder: RowWorker | None = None
     try:
         with StopFlag() as stop:
             if kind == "stdout":
-                embedder = _load(run, plan, faults, summary)
+                embedder = load()
                 _stream(run, embedder, builder, source, progress, stop, summary, window_rows)
             else:
                 layout = Layout.for_output(run.output, "dir" if kind == "dir" else "file")
@@ -453,7 +494,7 @@ def run_embed(run: RunConfig, plan: Plan, source: Source, progress: Progress, fa
                         summary.status = "already complete"
                         summary.rows_out = store.committed_rows()
                     else:
-                        embedder = _load(run, plan, faults, summary)
+                        embedder = load()
                         _parts(run, embedder, builder, source, progress, stop, summary, store, window_rows)
                 finally:
                     store.close()
@@ -473,20 +514,13 @@ def run_embed(run: RunConfig, plan: Plan, source: Source, progress: Progress, fa
     return summary
 
 
-def _load(run: RunConfig, plan: Plan, faults: Faults, summary: Summary) -> Embedder:
-    started = time.monotonic()
-    embedder = Embedder(run, plan, faults, quiet=run.quiet)
-    summary.load_seconds = round(time.monotonic() - started, 3)
-    return embedder
-
-
 def _progress_fraction(source: Source, position: float) -> float | None:
     return position / source.total if source.total else None
 
 
 def _stream(
     run: RunConfig,
-    embedder: Embedder,
+    embedder: RowWorker,
     builder: EmbedTableBuilder,
     source: Source,
     progress: Progress,
@@ -542,7 +576,7 @@ def _check_budget(run: RunConfig, summary: Summary, *, final: bool = False) -> N
 
 def _parts(
     run: RunConfig,
-    embedder: Embedder,
+    embedder: RowWorker,
     builder: EmbedTableBuilder,
     source: Source,
     progress: Progress,
@@ -594,7 +628,7 @@ def _parts(
                 position = item.position
                 continue
             if current is None:
-                current = store.begin(k, block.first_row)
+                current = store.begin(k, block.first_row, value_column=builder.value_column)
             window = _process_window(item, embedder, builder, run, source, stop, on_batch)
             if window.table is not None:
                 current.write(window.table)

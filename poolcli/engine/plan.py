@@ -376,3 +376,58 @@ def _max_tokens(run: RunConfig, model: ResolvedModel) -> int:
             f"({model.max_length_source}); request a smaller truncation size"
         )
     return k
+
+
+class ClassifyPlan(msgspec.Struct, frozen=True, kw_only=True):
+    """classify: the tokenization plan of the text plus the classifier head after the model's own layers."""
+
+    text: Plan
+    activation: Activation
+    use_activation: bool
+    logit_mean: float | None = None
+    logit_sigma: float | None = None
+    labels: tuple[str, ...]
+    problem_type: str | None = None
+
+    @property
+    def multi_label(self) -> bool:
+        return self.problem_type == "multi_label_classification"
+
+    def describe(self) -> dict[str, Any]:
+        d = self.text.describe()
+        for key in ("pooling", "pooling_source", "normalize", "dimensions"):
+            d.pop(key, None)
+        return d | {
+            "pooling": "the model's own (transformers' sequence-classification head)",
+            "activation": self.activation if self.use_activation else "none",
+            "logit_mean": self.logit_mean,
+            "logit_sigma": self.logit_sigma,
+            "labels": list(self.labels),
+            "problem_type": self.problem_type,
+        }
+
+
+def build_classify_plan(run: RunConfig, model: ResolvedModel) -> ClassifyPlan:
+    info = model.classifier
+    if info is None or "classify" not in model.supported_tasks:
+        raise UsageError(
+            f"model {model.name} ({model.architecture}) is not a sequence classifier",
+            hint="--convert classify adapts a checkpoint that carries classifier weights",
+        )
+    text = build_plan(run, model, "classify")
+    upper = run.pooler_flags.over(run.pooler_config).over(_preset_pooler(run, "classify"))
+    if upper.pooling_type is not None or upper.seq_pooling_type is not None:
+        raise UsageError(
+            "classify runs the model's own pooling and classifier layers; a pooling type cannot be chosen",
+            hint="remove pooling_type from the flags, --pooler-config or the preset",
+        )
+    labels = tuple(info.id2label.get(i, f"LABEL_{i}") for i in range(info.num_labels))
+    return ClassifyPlan(
+        text=text,
+        activation=classifier_activation(info),
+        use_activation=True if upper.use_activation is None else upper.use_activation,
+        logit_mean=upper.logit_mean,
+        logit_sigma=upper.logit_sigma,
+        labels=labels,
+        problem_type=info.problem_type,
+    )

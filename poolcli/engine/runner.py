@@ -191,9 +191,21 @@ class ClassifierRunner:
                 if model.is_decoder and getattr(config, "pad_token_id", None) is None:
                     # transformers finds a decoder's last real token by the pad id; rows are padded with ours.
                     config.pad_token_id = pad_id
-                self.model = AutoModelForSequenceClassification.from_pretrained(
-                    model.path, config=config, dtype=self.dtype, trust_remote_code=trust_remote_code
+                self.model, loading = AutoModelForSequenceClassification.from_pretrained(
+                    model.path,
+                    config=config,
+                    dtype=self.dtype,
+                    trust_remote_code=trust_remote_code,
+                    output_loading_info=True,
                 )
+                missing = list(loading.get("missing_keys") or [])
+                if missing:
+                    # A head initialised at random would give confident nonsense: refuse instead.
+                    raise ConfigError(
+                        f"{model.name}: the checkpoint has no classifier weights ({', '.join(sorted(missing)[:3])} "
+                        "missing)",
+                        hint="a generative checkpoint needs classifier_from_token (e.g. --config qwen3-reranker)",
+                    )
         except (OSError, ValueError, KeyError) as exc:
             raise ConfigError(f"cannot load model {model.name}: {str(exc).splitlines()[0]}") from None
         self.model.eval().to(self.device)

@@ -604,19 +604,33 @@ class PartWriter:
         )
 
     def _validate(self) -> None:
-        """Reopen the staged part: its footer, row count, ids, and finite vectors, before it may be renamed."""
+        """Reopen the staged part: its footer, row count, ids, and finite values, before it may be renamed.
+
+        Read batch by batch, so validating a part costs a batch of memory, not the whole part."""
         import numpy as np
         import pyarrow.parquet as pq
 
+        def fail(why: object) -> InternalError:
+            return InternalError(f"part {self.k} failed validation: {why}")
+
+        seen = 0
         try:
-            table = pq.read_table(self.staged, columns=[self.id_column, self.value_column])
-        except Exception as exc:  # pyarrow raises ArrowInvalid for a torn file
-            raise InternalError(f"part {self.k} failed validation: {exc}") from None
-        if table.num_rows != len(self.ids) or table.column(self.id_column).to_pylist() != self.ids:
-            raise InternalError(f"part {self.k} failed validation: rows or ids differ from what was computed")
-        column = table.column(self.value_column).combine_chunks()
-        if hasattr(column, "values"):  # a list of vectors
-            column = column.values
-        values = column.to_numpy(zero_copy_only=False)
-        if not np.isfinite(values).all():
-            raise InternalError(f"part {self.k} failed validation: non-finite values")
+            pf = pq.ParquetFile(self.staged)
+            if pf.metadata.num_rows != len(self.ids):
+                raise fail("rows differ from what was computed")
+            for batch in pf.iter_batches(batch_size=8192, columns=[self.id_column, self.value_column]):
+                ids = batch.column(0).to_pylist()
+                if ids != self.ids[seen : seen + len(ids)]:
+                    raise fail("ids differ from what was computed")
+                seen += len(ids)
+                column = batch.column(1)
+                if hasattr(column, "values"):  # a list of vectors
+                    column = column.values
+                if not np.isfinite(column.to_numpy(zero_copy_only=False)).all():
+                    raise fail("non-finite values")
+        except InternalError:
+            raise
+        except Exception as exc:  # pyarrow raises ArrowInvalid / OSError for a torn file
+            raise fail(exc) from None
+        if seen != len(self.ids):
+            raise fail("rows differ from what was computed")

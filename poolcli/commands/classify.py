@@ -1,0 +1,106 @@
+"""`poolcli classify`: class probabilities and a label per row."""
+
+from __future__ import annotations
+
+import typer
+
+from poolcli.commands import _options as o
+
+
+def classify(
+    input: str = typer.Argument(
+        ...,
+        help="JSONL(.gz/.zst), Parquet file/dir/glob, CSV, TSV, TXT, or '-' for JSONL on stdin.",
+        show_default=False,
+    ),
+    output: o.Output = None,
+    errors: o.Errors = None,
+    model: o.ModelOpt = None,
+    use_activation: o.UseActivation = None,
+    top_k: int = typer.Option(
+        0,
+        "--top-k",
+        min=0,
+        help="Also write the K best labels with their scores (top_k column).",
+        rich_help_panel="Classes",
+    ),
+    threshold: float = typer.Option(
+        0.5,
+        "--threshold",
+        help="Multi-label models: a class is in the row's `labels` when its probability is at least this.",
+        rich_help_panel="Classes",
+    ),
+    config: o.ConfigPreset = None,
+    pooler_config: o.PoolerConfigOpt = None,
+    prompt: o.Prompt = None,
+    prompt_name: o.PromptName = None,
+    truncate_prompt_tokens: o.TruncatePromptTokens = None,
+    truncation_side: o.TruncationSideOpt = "right",
+    on_too_long: o.OnTooLongOpt = "truncate",
+    text_field: o.TextField = "text",
+    id_field: o.IdField = None,
+    keep_columns: o.KeepColumns = None,
+    device: o.Device = "auto",
+    dtype: o.DTypeOpt = "auto",
+    hf_overrides: o.HfOverrides = None,
+    convert: o.ConvertOpt = "auto",
+    trust_remote_code: o.TrustRemoteCode = False,
+    max_model_len: o.MaxModelLen = None,
+    max_batch_tokens: o.MaxBatchTokens = "auto",
+    max_batch_size: o.MaxBatchSize = 512,
+    window_rows: o.WindowRows = 4096,
+    part_rows: o.PartRows = 65536,
+    overwrite: o.Overwrite = False,
+    max_errors: o.MaxErrors = None,
+    max_error_rate: o.MaxErrorRate = None,
+    strict: o.Strict = False,
+    quiet: o.Quiet = False,
+    progress: o.ProgressOpt = None,
+    verbose: o.Verbose = False,
+    seed: o.Seed = 0,
+    threads: o.Threads = None,
+) -> None:
+    """Classify every row: label (id2label), score (its probability) and probs (every class), as Parquet."""
+    from poolcli.commands._run import RunRequest, execute
+    from poolcli.config import ClassifyOptions
+
+    execute(
+        RunRequest(
+            task="classify",
+            input=input,
+            output=output,
+            errors=errors,
+            model=model,
+            config=config,
+            pooler_config=pooler_config,
+            pooler_flags={"use_activation": use_activation},
+            prompt=prompt,
+            prompt_name=prompt_name,
+            truncate_prompt_tokens=truncate_prompt_tokens,
+            truncation_side=truncation_side,
+            on_too_long=on_too_long,
+            text_field=text_field,
+            id_field=id_field,
+            keep_columns=keep_columns,
+            output_dtype="float32",
+            device=device,
+            dtype=dtype,
+            hf_overrides=hf_overrides,
+            convert=convert,
+            trust_remote_code=trust_remote_code,
+            max_model_len=max_model_len,
+            max_batch_tokens=max_batch_tokens,
+            max_batch_size=max_batch_size,
+            window_rows=window_rows,
+            part_rows=part_rows,
+            overwrite=overwrite,
+            max_errors=0 if strict else max_errors,
+            max_error_rate=max_error_rate,
+            quiet=quiet,
+            progress=progress,
+            verbose=verbose,
+            seed=seed,
+            threads=threads,
+            classify=ClassifyOptions(top_k=top_k, threshold=threshold),
+        )
+    )
