@@ -23,7 +23,8 @@ EX_SOFTWARE = 70
 
 app = typer.Typer(
     name="poolcli",
-    help="Offline batch work with transformer pooling models: embed files of text into Parquet vectors.",
+    help="Offline batch work with transformer pooling models: embed, classify, score and rerank files of text into "
+    "Parquet.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
