@@ -90,6 +90,17 @@ class Faults(msgspec.Struct, kw_only=True):
         if self.crash_point == point and self._hit("crash:" + point, self.crash_nth):
             os._exit(137)
 
+    def before_batch(self, rows: list[int], padded_tokens: int) -> None:
+        """Model-side faults for a batch of these input rows (or pairs): an exception, or out of memory."""
+        if self.fail_at_row is not None and self.fail_at_row in rows:
+            raise RuntimeError(f"injected model failure at row {self.fail_at_row}")
+        if (self.oom_above_tokens is not None and padded_tokens > self.oom_above_tokens) or self.oom_rows.intersection(
+            rows
+        ):
+            import torch
+
+            raise torch.OutOfMemoryError("injected out of memory")
+
     def io(self, op: str, path: object) -> None:
         if self.io_op == op and self._hit("io:" + op, self.io_nth):
             raise OSError(self.io_errno, os.strerror(self.io_errno), str(path))

@@ -141,10 +141,15 @@ def execute(req: RunRequest) -> None:
 
             return run_embed(run, plan, source, progress)
 
+    _report(run, model.name, runner)
+
+
+def _report(run: RunConfig, model_name: str, runner: Callable[[Progress], Summary]) -> None:
+    """Seed, run with a progress display, and print the summary line (also for a stopped run)."""
     import torch
 
     torch.manual_seed(run.seed)
-    progress = make_progress(f"{run.task} {model.name}", quiet=run.quiet, progress=run.progress)
+    progress = make_progress(f"{run.task} {model_name}", quiet=run.quiet, progress=run.progress)
     try:
         summary = runner(progress).as_dict()
     except PoolcliError as exc:
@@ -260,20 +265,12 @@ def _execute_score(run: RunConfig) -> None:
     )
     plan = build_score_plan(run, model)
 
-    import torch
+    def runner(progress: Progress) -> Summary:
+        from poolcli.engine.scoring import run_score
 
-    torch.manual_seed(run.seed)
-    from poolcli.engine.scoring import run_score
+        return run_score(run, plan, job, progress)
 
-    progress = make_progress(f"{run.task} {model.name}", quiet=run.quiet, progress=run.progress)
-    try:
-        summary = run_score(run, plan, job, progress).as_dict()
-    except PoolcliError as exc:
-        partial = getattr(exc, "summary", None)
-        if partial is not None and isinstance(exc, Interrupted | ErrorBudgetExceeded):
-            print_summary(_trim(partial, run.verbose), quiet=run.quiet)
-        raise
-    print_summary(_trim(summary, run.verbose), quiet=run.quiet)
+    _report(run, model.name, runner)
 
 
 def _trim(info: dict[str, Any], verbose: bool) -> dict[str, Any]:

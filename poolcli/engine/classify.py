@@ -52,7 +52,6 @@ class Classifier:
     def embed(
         self, seqs: list[list[int]], rows: list[int], stop: StopFlag, on_batch: Callable[[int, int], None]
     ) -> tuple[np.ndarray, dict[int, tuple[ErrorCode, str]]]:
-        import torch
 
         from poolcli.engine.runner import collate
 
@@ -62,12 +61,7 @@ class Classifier:
         def forward(batch: list[int]) -> None:
             ids, mask = collate([seqs[j] for j in batch], self.encoder.pad_id)
             batch_rows = [rows[j] for j in batch]
-            if f.fail_at_row is not None and f.fail_at_row in batch_rows:
-                raise RuntimeError(f"injected model failure at input row {f.fail_at_row}")
-            if (f.oom_above_tokens is not None and ids.numel() > f.oom_above_tokens) or f.oom_rows.intersection(
-                batch_rows
-            ):
-                raise torch.OutOfMemoryError("injected out of memory")
+            f.before_batch(batch_rows, ids.numel())
             probs = self.head(self.runner.logits(ids, mask, None)).cpu().numpy()
             for j, row in enumerate(batch_rows):
                 if row in f.nan_rows:

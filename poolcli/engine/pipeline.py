@@ -80,6 +80,16 @@ class Summary(msgspec.Struct, kw_only=True):
         self.tokens += marker.tokens
         self.truncated += marker.truncated
 
+    def finish(self, worker: Any, started: float) -> Summary:
+        """The batching statistics of the worker that ran (if one was loaded) and the total time."""
+        if worker is not None:
+            self.batches = worker.batches
+            self.padded_tokens = worker.padded_tokens
+            self.oom_splits = worker.loop.oom_splits
+            self.threads = worker.threads
+        self.seconds = time.monotonic() - started
+        return self
+
     def as_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = msgspec.to_builtins(self)
         work = self.seconds - self.load_seconds  # model loading is a fixed cost, not throughput
@@ -274,10 +284,7 @@ class Embedder:
 
         f = self.faults
         ids, mask = collate(seqs, self.encoder.pad_id)
-        if f.fail_at_row is not None and f.fail_at_row in rows:
-            raise RuntimeError(f"injected model failure at input row {f.fail_at_row}")
-        if (f.oom_above_tokens is not None and ids.numel() > f.oom_above_tokens) or f.oom_rows.intersection(rows):
-            raise torch.OutOfMemoryError("injected out of memory")
+        f.before_batch(rows, ids.numel())
         with torch.inference_mode():
             hidden = runner.hidden_states(ids, mask)
             pooled = self.pooler(hidden, mask.to(runner.device)).float()
@@ -505,13 +512,7 @@ def run_rows(
         raise
     finally:
         progress.close()
-    if embedder is not None:
-        summary.batches = embedder.batches
-        summary.padded_tokens = embedder.padded_tokens
-        summary.oom_splits = embedder.loop.oom_splits
-        summary.threads = embedder.threads
-    summary.seconds = time.monotonic() - started
-    return summary
+    return summary.finish(embedder, started)
 
 
 def _progress_fraction(source: Source, position: float) -> float | None:

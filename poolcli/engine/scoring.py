@@ -86,7 +86,6 @@ class CrossEncoderScorer:
     def score(
         self, job: PairJob, pairs: list[int], stop: StopFlag, on_batch: OnBatch
     ) -> tuple[np.ndarray, Failed, list[int], list[bool]]:
-        import torch
 
         from poolcli.engine.runner import collate
 
@@ -108,12 +107,7 @@ class CrossEncoderScorer:
                 if enc[batch[0]].type_ids is not None:
                     types = collate([enc[j].type_ids for j in batch], 0)[0]
                 rows = [sel[j] for j in batch]
-                if f.fail_at_row is not None and f.fail_at_row in rows:
-                    raise RuntimeError(f"injected model failure at pair {f.fail_at_row}")
-                if (f.oom_above_tokens is not None and ids.numel() > f.oom_above_tokens) or f.oom_rows.intersection(
-                    rows
-                ):
-                    raise torch.OutOfMemoryError("injected out of memory")
+                f.before_batch(rows, ids.numel())
                 out = self.head(self.runner.logits(ids, mask, types))[:, 0].cpu().numpy()
                 for j, row in enumerate(rows):
                     if row in f.nan_rows:
@@ -637,13 +631,7 @@ def run_score(
         raise
     finally:
         progress.close()
-    if scorer is not None:
-        summary.batches = scorer.batches
-        summary.padded_tokens = scorer.padded_tokens
-        summary.oom_splits = scorer.loop.oom_splits
-        summary.threads = scorer.threads
-    summary.seconds = time.monotonic() - started
-    return summary
+    return summary.finish(scorer, started)
 
 
 def _count(summary: Summary, units: int, table: pa.Table | None, errs: list[ErrorRow], tokens: int, trunc: int) -> None:
