@@ -90,6 +90,12 @@ class Summary(msgspec.Struct, kw_only=True):
         self.seconds = time.monotonic() - started
         return self
 
+    def stopped(self, exc: PoolcliError, started: float) -> None:
+        """A run stopping with `exc` still reports what it committed: the summary rides on the error."""
+        self.seconds = time.monotonic() - started
+        self.status = type(exc).__name__
+        exc.summary = self.as_dict()  # type: ignore[attr-defined]
+
     def as_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = msgspec.to_builtins(self)
         work = self.seconds - self.load_seconds  # model loading is a fixed cost, not throughput
@@ -506,9 +512,7 @@ def run_rows(
                 finally:
                     store.close()
     except PoolcliError as exc:
-        summary.seconds = time.monotonic() - started
-        summary.status = type(exc).__name__
-        exc.summary = summary.as_dict()  # type: ignore[attr-defined]
+        summary.stopped(exc, started)
         raise
     finally:
         progress.close()

@@ -84,9 +84,8 @@ class CrossEncoderScorer:
         self.padded_tokens = 0
 
     def score(
-        self, job: PairJob, pairs: list[int], stop: StopFlag, on_batch: OnBatch
+        self, pairs: list[tuple[str, str]], stop: StopFlag, on_batch: OnBatch
     ) -> tuple[np.ndarray, Failed, list[int], list[bool]]:
-
         from poolcli.engine.runner import collate
 
         n = len(pairs)
@@ -97,9 +96,8 @@ class CrossEncoderScorer:
         f = self.faults
         step = self.run.window_rows
         for w in range(0, n, step):
-            sel = pairs[w : w + step]
-            texts = [(_text(job.queries[job.pairs[p].q]), _text(job.docs[job.pairs[p].d])) for p in sel]
-            enc = self.encoder.encode(texts)
+            sel = list(range(w, min(n, w + step)))
+            enc = self.encoder.encode(pairs[w : w + step])
 
             def forward(batch: list[int], enc: Any = enc, sel: list[int] = sel, w: int = w) -> None:
                 ids, mask = collate([enc[j].ids for j in batch], self.encoder.pad_id)
@@ -134,8 +132,43 @@ class _TextCache:
         self.failed: dict[str, tuple[ErrorCode, str]] = {}
         self.tokens: dict[str, tuple[int, bool]] = {}
 
-    def missing(self, texts: list[str]) -> list[str]:
-        return [t for t in dict.fromkeys(texts) if t not in self.values and t not in self.failed]
+    def fill(
+        self,
+        texts: list[str],
+        window: int,
+        encode: Callable[[list[str]], Any],
+        compute: Callable[[list[list[int]]], tuple[Any, Failed]],
+    ) -> None:
+        """Compute the texts not seen yet, a window at a time: `compute(token ids)` -> (values, failures)."""
+        todo = [t for t in dict.fromkeys(texts) if t not in self.values and t not in self.failed]
+        for w in range(0, len(todo), window):
+            chunk = todo[w : w + window]
+            enc = encode(chunk)
+            values, failed = compute([e.ids for e in enc])
+            for j, text in enumerate(chunk):
+                self.tokens[text] = (len(enc[j].ids), enc[j].truncated)
+                if j in failed:
+                    self.failed[text] = failed[j]
+                else:
+                    self.values[text] = values[j]
+
+    def combine(
+        self, pairs: list[tuple[str, str]], sim: Callable[[Any, Any], float]
+    ) -> tuple[np.ndarray, Failed, list[int], list[bool]]:
+        scores = np.zeros(len(pairs), dtype=np.float32)
+        failed: Failed = {}
+        n_tokens: list[int] = []
+        truncated: list[bool] = []
+        for i, (q, d) in enumerate(pairs):
+            tq, td = self.tokens[q], self.tokens[d]
+            n_tokens.append(tq[0] + td[0])
+            truncated.append(tq[1] or td[1])
+            bad = self.failed.get(q) or self.failed.get(d)
+            if bad is not None:
+                failed[i] = bad
+                continue
+            scores[i] = sim(self.values[q], self.values[d])
+        return scores, failed, n_tokens, truncated
 
 
 class BiEncoderScorer:
@@ -158,26 +191,15 @@ class BiEncoderScorer:
     def padded_tokens(self) -> int:
         return self.embedder.padded_tokens
 
-    def _fill(self, texts: list[str], stop: StopFlag, on_batch: OnBatch) -> None:
-        todo = self.cache.missing(texts)
-        for w in range(0, len(todo), self.window):
-            chunk = todo[w : w + self.window]
-            enc = self.embedder.encoder.encode(chunk)
-            vectors, failed = self.embedder.embed([e.ids for e in enc], list(range(len(chunk))), stop, on_batch)
-            for j, text in enumerate(chunk):
-                self.cache.tokens[text] = (len(enc[j].ids), enc[j].truncated)
-                if j in failed:
-                    self.cache.failed[text] = failed[j]
-                else:
-                    self.cache.values[text] = vectors[j].astype(np.float64)
-
     def score(
-        self, job: PairJob, pairs: list[int], stop: StopFlag, on_batch: OnBatch
+        self, pairs: list[tuple[str, str]], stop: StopFlag, on_batch: OnBatch
     ) -> tuple[np.ndarray, Failed, list[int], list[bool]]:
-        qs = [_text(job.queries[job.pairs[p].q]) for p in pairs]
-        ds = [_text(job.docs[job.pairs[p].d]) for p in pairs]
-        self._fill(qs + ds, stop, on_batch)
-        return _combine(self.cache, qs, ds, _cosine)
+        def compute(seqs: list[list[int]]) -> tuple[Any, Failed]:
+            vectors, failed = self.embedder.embed(seqs, list(range(len(seqs))), stop, on_batch)
+            return vectors.astype(np.float64), failed
+
+        self.cache.fill([t for pair in pairs for t in pair], self.window, self.embedder.encoder.encode, compute)
+        return self.cache.combine(pairs, _cosine)
 
 
 class LateInteractionScorer:
@@ -232,52 +254,23 @@ class LateInteractionScorer:
         return out, failed
 
     def score(
-        self, job: PairJob, pairs: list[int], stop: StopFlag, on_batch: OnBatch
+        self, pairs: list[tuple[str, str]], stop: StopFlag, on_batch: OnBatch
     ) -> tuple[np.ndarray, Failed, list[int], list[bool]]:
         from poolcli.pooler.heads import maxsim
 
-        qs = [_text(job.queries[job.pairs[p].q]) for p in pairs]
-        ds = [_text(job.docs[job.pairs[p].d]) for p in pairs]
-        todo = self.cache.missing(qs + ds)
-        for w in range(0, len(todo), self.run.window_rows):
-            chunk = todo[w : w + self.run.window_rows]
-            enc = self.encoder.encode(chunk)
-            vectors, failed = self.token_vectors([e.ids for e in enc], stop, on_batch)
-            for j, text in enumerate(chunk):
-                self.cache.tokens[text] = (len(enc[j].ids), enc[j].truncated)
-                if j in failed:
-                    self.cache.failed[text] = failed[j]
-                else:
-                    self.cache.values[text] = vectors[j]
+        def compute(seqs: list[list[int]]) -> tuple[Any, Failed]:
+            return self.token_vectors(seqs, stop, on_batch)
 
         def sim(a: Any, b: Any) -> float:
             return maxsim(a, b, normalize_by_length=self.by_length)
 
-        return _combine(self.cache, qs, ds, sim)
+        self.cache.fill([t for pair in pairs for t in pair], self.run.window_rows, self.encoder.encode, compute)
+        return self.cache.combine(pairs, sim)
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     denom = float(np.linalg.norm(a) * np.linalg.norm(b))
     return float(a @ b) / denom if denom > 0 else 0.0
-
-
-def _combine(
-    cache: _TextCache, qs: list[str], ds: list[str], sim: Callable[[Any, Any], float]
-) -> tuple[np.ndarray, Failed, list[int], list[bool]]:
-    scores = np.zeros(len(qs), dtype=np.float32)
-    failed: Failed = {}
-    n_tokens: list[int] = []
-    truncated: list[bool] = []
-    for i, (q, d) in enumerate(zip(qs, ds, strict=True)):
-        tq, td = cache.tokens[q], cache.tokens[d]
-        n_tokens.append(tq[0] + td[0])
-        truncated.append(tq[1] or td[1])
-        bad = cache.failed.get(q) or cache.failed.get(d)
-        if bad is not None:
-            failed[i] = bad
-            continue
-        scores[i] = sim(cache.values[q], cache.values[d])
-    return scores, failed, n_tokens, truncated
 
 
 Scorer = CrossEncoderScorer | BiEncoderScorer | LateInteractionScorer
@@ -390,7 +383,8 @@ def _part(
             errors.append(err)
         else:
             good.append(p)
-    scores, failed, n_tokens, truncated = scorer.score(job, good, stop, on_batch)
+    texts = [(_text(job.queries[job.pairs[p].q]), _text(job.docs[job.pairs[p].d])) for p in good]
+    scores, failed, n_tokens, truncated = scorer.score(texts, stop, on_batch)
     ok: dict[int, float] = {}
     for j, p in enumerate(good):
         if j in failed:
@@ -625,9 +619,7 @@ def run_score(
                 finally:
                     store.close()
     except PoolcliError as exc:
-        summary.seconds = time.monotonic() - started
-        summary.status = type(exc).__name__
-        exc.summary = summary.as_dict()  # type: ignore[attr-defined]
+        summary.stopped(exc, started)
         raise
     finally:
         progress.close()

@@ -118,7 +118,7 @@ def _bad(row: TextRow, code: ErrorCode, message: str) -> TextRow:
     )
 
 
-def _pair_fields(source: Source, text_field: str | None) -> tuple[str, str]:
+def _pair_fields(source: Source) -> tuple[str, str]:
     names = peek_columns(source)
     for a, b in PAIR_FIELDS:
         if a in names and b in names:
@@ -180,7 +180,7 @@ def load_score_job(
         pairs = [Pair(0, j, d.id) for j, d in enumerate(docs)]
         return PairJob(form="query", queries=[qrow], docs=docs, pairs=pairs, keep=keep, sources=[source])
     probe = open_source(InputSpec(inputs[0], text_field, id_field))
-    f1, f2 = _pair_fields(probe, text_field)
+    f1, f2 = _pair_fields(probe)
     extra = tuple(dict.fromkeys((f2, *keep_columns)))
     source = open_source(InputSpec(inputs[0], f1, id_field, extra))
     rows, cols = read_table(source, extra)
@@ -235,7 +235,7 @@ def load_rerank_job(
 
 def _grouped(path: str, group_by: str, text_field: str, id_field: str | None) -> PairJob:
     probe = open_source(InputSpec(path, text_field, id_field))
-    f1, f2 = _pair_fields(probe, text_field)
+    f1, f2 = _pair_fields(probe)
     extra = tuple(dict.fromkeys((f2, group_by)))
     source = open_source(InputSpec(path, f1, id_field, extra))
     if group_by not in peek_columns(source):
