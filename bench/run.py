@@ -212,6 +212,57 @@ def stage_score(args: argparse.Namespace) -> dict[str, Any]:
     return {"seconds": summary.seconds - summary.load_seconds, "rows": summary.rows_out, "tokens": summary.tokens}
 
 
+def stage_score_forward(args: argparse.Namespace) -> dict[str, Any]:
+    """The cross-encoder alone on poolcli's own pair batches (the ceiling for `score`); `--profile` prints where
+    the forward pass spends its time (torch.profiler, by operator) to stderr."""
+    import torch
+
+    from poolcli.config import RunConfig, ScoreOptions
+    from poolcli.engine.plan import build_score_plan
+    from poolcli.engine.resolve import resolve_model
+    from poolcli.engine.runner import collate
+    from poolcli.engine.scheduler import cut_batches
+    from poolcli.engine.scoring import CrossEncoderScorer
+    from poolcli.faults import Faults
+
+    pairs = _pairs(Path(args.corpus))
+    run = RunConfig(
+        task="score",
+        inputs=(args.corpus,),
+        output="-",
+        errors=None,
+        model=str(args.model),
+        dtype=args.dtype,
+        max_batch_tokens=args.max_batch_tokens,
+        score=ScoreOptions(),
+    )
+    scorer = CrossEncoderScorer(run, build_score_plan(run, resolve_model(run.model)), Faults(), quiet=True)
+    budget = scorer.loop.budget
+    batches = []
+    for w in range(0, len(pairs), run.window_rows):
+        enc = scorer.encoder.encode(pairs[w : w + run.window_rows])
+        for b in cut_batches([len(e.ids) for e in enc], max_tokens=budget, max_rows=run.max_batch_size):
+            ids, mask = collate([enc[j].ids for j in b], scorer.encoder.pad_id)
+            types = collate([enc[j].type_ids for j in b], 0)[0] if enc[b[0]].type_ids is not None else None
+            batches.append((ids, mask, types))
+    scorer.runner.logits(*batches[0])
+
+    def forward_all() -> None:
+        for ids, mask, types in batches:
+            scorer.head(scorer.runner.logits(ids, mask, types)).numpy()
+
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            forward_all()
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12), file=sys.stderr)
+    t = time.perf_counter()
+    with torch.inference_mode():
+        forward_all()
+    return {"seconds": time.perf_counter() - t, "rows": len(pairs), "batches": len(batches)}
+
+
 STAGES = {
     "matmul": stage_matmul,
     "st": stage_st,
@@ -219,6 +270,7 @@ STAGES = {
     "forward": stage_forward,
     "ce": stage_ce,
     "score": stage_score,
+    "score_forward": stage_score_forward,
 }
 
 
@@ -275,6 +327,7 @@ def main() -> None:
     parser.add_argument("--max-batch-tokens", type=int)
     parser.add_argument("--model")
     parser.add_argument("--skip-score", action="store_true", help="leave out the score-vs-CrossEncoder rows")
+    parser.add_argument("--profile", action="store_true", help="score_forward: print an operator profile")
     args = parser.parse_args()
     if args.stage:
         result = STAGES[args.stage](args)
@@ -343,6 +396,7 @@ def main() -> None:
         ce_best_bs = max(ce_runs, key=lambda b: ce_runs[b]["rows"] / ce_runs[b]["seconds"])
         out = RESULTS / "poolcli-score.parquet"
         sc = _best("score", args.repeat, corpus=corpus, model=ce_model, out=out, dtype="float32")
+        sf = _best("score_forward", args.repeat, corpus=corpus, model=ce_model, dtype="float32")
         import numpy as np
         import pyarrow.parquet as pq
 
@@ -351,6 +405,7 @@ def main() -> None:
             "cross_encoder": {str(b): r for b, r in ce_runs.items()},
             "cross_encoder_best_batch_size": ce_best_bs,
             "poolcli": sc,
+            "forward_only": sf,
             "max_abs_diff_vs_cross_encoder": diff,
         }
     if args.memory_rows:
@@ -381,6 +436,7 @@ def main() -> None:
         best = r["cross_encoder_best_batch_size"]
         ce_rate = {b: v["rows"] / v["seconds"] for b, v in ce.items()}
         pc = r["poolcli"]["rows"] / r["poolcli"]["seconds"]
+        fo = r["forward_only"]["rows"] / r["forward_only"]["seconds"]
         lines += [
             "",
             f"score: {args.rows} query-document pairs, a MiniLM cross-encoder (bundled encoder + one-label head)",
@@ -392,6 +448,7 @@ def main() -> None:
             f"| CrossEncoder.predict, batch {best} (best of 16/32/64) | {ce_rate[str(best)]:.1f} | 1.00x | |",
             f"| poolcli score end to end, float32 | {pc:.1f} | {pc / ce_rate[str(best)]:.2f}x | "
             f"{r['max_abs_diff_vs_cross_encoder']:.2e} |",
+            f"| poolcli's cross-encoder forward only, same batches | {fo:.1f} | {fo / ce_rate[str(best)]:.2f}x | |",
         ]
     if "memory" in report:
         m = report["memory"]

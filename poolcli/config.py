@@ -26,6 +26,7 @@ from poolcli.vocab import (
     PoolingTask,
     ScoreTypeOpt,
     Task,
+    TokenAggregation,
     TruncationSide,
 )
 
@@ -123,7 +124,9 @@ class PoolerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
             raise ValueError("Dimensions must be greater than 0")
         if self.max_embed_len is not None and self.max_embed_len < 1:
             raise ValueError("max_embed_len must be greater than 0")
-        if tok != "STEP" and (self.step_tag_id is not None or self.returned_token_ids is not None):
+        # With no pooling type here, the model's default decides (STEP for process reward models): checked in the
+        # token-classify plan.
+        if tok is not None and tok != "STEP" and (self.step_tag_id is not None or self.returned_token_ids is not None):
             raise ValueError("`step_tag_id` and `returned_token_ids` need STEP pooling")
         return PoolerConfig(
             task=self.task,
@@ -253,6 +256,17 @@ class ClassifyOptions(msgspec.Struct, frozen=True, kw_only=True):
     """Multi-label models: the probability at which a class joins the row's `labels`."""
 
 
+class TokenClassifyOptions(msgspec.Struct, frozen=True, kw_only=True):
+    """What `token-classify` adds to a run."""
+
+    offsets: bool = False
+    """Write each token's [start, end) characters in the row's text."""
+    aggregate: TokenAggregation = "none"
+    """simple: also write entity spans (the Hugging Face pipeline's simple aggregation)."""
+    ignore_labels: tuple[str, ...] = ("O",)
+    """Entity tags left out of the aggregated spans."""
+
+
 class RunConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Everything a run needs that is not the model's own resolution; built once from the command line."""
 
@@ -309,11 +323,13 @@ class RunConfig(msgspec.Struct, frozen=True, kw_only=True):
     pooler_config: PoolerConfig = PoolerConfig()
     """Fields from --pooler-config."""
     preset: Preset | None = None
+    """The --config preset, if any."""
     score: ScoreOptions | None = None
     """Set for score and rerank."""
     classify: ClassifyOptions | None = None
     """Set for classify."""
-    """The --config preset, if any."""
+    token_classify: TokenClassifyOptions | None = None
+    """Set for token-classify."""
     preset_name: str | None = None
     hf_overrides: dict[str, Any] = msgspec.field(default_factory=dict)
     """Merged onto config.json (flags win over the preset)."""

@@ -34,6 +34,9 @@ Convert = Literal["auto", "embed", "classify"]
 ScoreType = Literal["cross-encoder", "bi-encoder", "late-interaction"]
 ScoreTypeOpt = Literal["auto", "cross-encoder", "bi-encoder", "late-interaction"]
 
+# token-classify: how per-token NER predictions become entity spans (none: no `entities` column).
+TokenAggregation = Literal["none", "simple"]
+
 # The final activation of a classifier head.
 Activation = Literal["sigmoid", "softmax", "identity"]
 

@@ -216,3 +216,74 @@ def build_classifier(
         model = Qwen3ForSequenceClassification(config)
     model.eval().save_pretrained(str(path))
     return path
+
+
+NER_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+
+
+def build_token_classifier(path: Path, *, seed: int = 0, labels: list[str] | None = None) -> Path:
+    """A tiny random BertForTokenClassification with NER labels (B-/I- scheme), weights spread wide enough that
+    neighbouring tokens get different labels."""
+    from transformers import BertConfig, BertForTokenClassification
+
+    names = labels or NER_LABELS
+    vocab_size = save_bert_tokenizer(path, model_max_length=64)
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=len(names),
+        id2label=dict(enumerate(names)),
+        label2id={n: i for i, n in enumerate(names)},
+        initializer_range=0.5,
+    )
+    BertForTokenClassification(config).eval().save_pretrained(str(path))
+    return path
+
+
+def build_qwen2_reward(path: Path, *, process: bool, seed: int = 0, hidden: int = 32) -> tuple[Path, torch.nn.Module]:
+    """A tiny Qwen2 reward model as the Qwen2-Math-RM / Qwen2.5-Math-PRM checkpoints store it: a Qwen2Model body
+    (`model.*`) and a `score` head Linear(h, h) -> ReLU -> Linear(h, labels) (1 label, or 2 for a process reward
+    model). Returns the path and the in-memory model (body + head) the test computes its reference with."""
+    from safetensors.torch import save_file
+    from transformers import Qwen2Config, Qwen2Model
+
+    build_qwen3(path, seed=seed, append_eos=False, max_positions=64)  # for its tokenizer
+    for f in path.glob("*.safetensors"):
+        f.unlink()
+    torch.manual_seed(seed)
+    vocab = json.loads((path / "config.json").read_text())["vocab_size"]
+    config = Qwen2Config(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=hidden * 2,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        initializer_range=0.3,
+    )
+    labels = 2 if process else 1
+    config.architectures = ["Qwen2ForProcessRewardModel" if process else "Qwen2ForRewardModel"]
+    config.num_labels = labels
+    body = Qwen2Model(config).eval()
+    head = torch.nn.Sequential(torch.nn.Linear(hidden, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, labels))
+    state = {f"model.{k}": v.contiguous() for k, v in body.state_dict().items()}
+    state |= {f"score.{k}": v.contiguous() for k, v in head.state_dict().items()}
+    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+    config.save_pretrained(str(path))
+
+    class Reference(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.head = body, head
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.head(self.body(input_ids=ids).last_hidden_state)  # type: ignore[no-any-return]
+
+    return path, Reference().eval()

@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from poolcli.commands import _options as o
-from poolcli.config import ClassifyOptions, PoolerConfig, RunConfig, ScoreOptions, parse_pooler_config
+from poolcli.config import (
+    ClassifyOptions,
+    PoolerConfig,
+    RunConfig,
+    ScoreOptions,
+    TokenClassifyOptions,
+    parse_pooler_config,
+)
 from poolcli.console import make_progress, print_summary
 from poolcli.errors import ErrorBudgetExceeded, Interrupted, PoolcliError, UsageError
 from poolcli.io.writers import default_output
@@ -62,12 +69,15 @@ class RunRequest(msgspec.Struct, kw_only=True):
     input2: str | None = None
     score: ScoreOptions | None = None
     classify: ClassifyOptions | None = None
+    token_classify: TokenClassifyOptions | None = None
 
 
 def build_run_config(req: RunRequest) -> RunConfig:
     from poolcli.engine.plan import check_fields_for_task
 
-    pooling_task: PoolingTask = "embed" if req.task == "embed" else "classify"
+    pooling_task: PoolingTask = (
+        "embed" if req.task == "embed" else "token_classify" if req.task == "token_classify" else "classify"
+    )
     preset, preset_name = o.load_preset(req.config)
     pooler_data = o.parse_pooler_config_option(req.pooler_config)
     if req.task not in ("score", "rerank"):  # their pooling task depends on the model: checked in the score plan
@@ -116,6 +126,7 @@ def build_run_config(req: RunRequest) -> RunConfig:
         threads=req.threads,
         score=req.score,
         classify=req.classify,
+        token_classify=req.token_classify,
     )
 
 
@@ -133,6 +144,8 @@ def execute(req: RunRequest) -> None:
     )
     if run.task == "classify":
         runner = _classify_runner(run, model, source)
+    elif run.task == "token_classify":
+        runner = _token_classify_runner(run, model, source)
     else:
         plan = build_plan(run, model, "embed")
 
@@ -224,7 +237,8 @@ def _classify_runner(run: RunConfig, model: ResolvedModel, source: Source) -> Ca
             cplan.text,
             source,
             progress,
-            describe=cplan.describe(),
+            # The output options change the bytes written, so they are part of the run's identity.
+            describe=cplan.describe() | {"top_k": opts.top_k, "threshold": opts.threshold},
             make_builder=lambda metadata: ClassifyTableBuilder(
                 list(cplan.labels),
                 multi_label=cplan.multi_label,
@@ -234,6 +248,43 @@ def _classify_runner(run: RunConfig, model: ResolvedModel, source: Source) -> Ca
                 metadata=metadata,
             ),
             make_worker=lambda faults: Classifier(run, cplan, faults, quiet=run.quiet),
+        )
+
+    return runner
+
+
+def _token_classify_runner(run: RunConfig, model: ResolvedModel, source: Source) -> Callable[[Progress], Summary]:
+    from poolcli.engine.plan import build_token_classify_plan
+
+    tplan = build_token_classify_plan(run, model)
+    opts = run.token_classify or TokenClassifyOptions()
+    if opts.aggregate != "none" and not tplan.use_activation:
+        raise UsageError("--aggregate needs probabilities; the activation is off for this model or run")
+    if opts.aggregate != "none" and tplan.pooling == "STEP":
+        raise UsageError("--aggregate builds entity spans from every token; it does not apply to STEP pooling")
+
+    def runner(progress: Progress) -> Summary:
+        from poolcli.engine.pipeline import run_rows
+        from poolcli.engine.token_classify import TokenClassifier
+        from poolcli.io.arrow import TokenClassifyTableBuilder
+
+        return run_rows(
+            run,
+            tplan.text,
+            source,
+            progress,
+            describe=tplan.describe() | {"output_options": msgspec.to_builtins(opts)},
+            make_builder=lambda metadata: TokenClassifyTableBuilder(
+                list(tplan.labels),
+                step=tplan.pooling == "STEP",
+                step_tag_id=tplan.step_tag_id,
+                offsets=opts.offsets,
+                aggregate=opts.aggregate != "none",
+                ignore_labels=frozenset(opts.ignore_labels),
+                keep_columns=run.keep_columns,
+                metadata=metadata,
+            ),
+            make_worker=lambda faults: TokenClassifier(run, tplan, faults, quiet=run.quiet),
         )
 
     return runner

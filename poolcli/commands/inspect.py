@@ -81,14 +81,29 @@ def inspect(
         from poolcli.engine.plan import classifier_activation
 
         c = resolved.classifier
+        # The embedding fields say nothing about a classifier: its own head pools.
+        for key in ("pooling_type", "pooling_source", "normalize", "embedding_size", "matryoshka"):
+            info.pop(key)
+        info.pop("dimensions_allowed")
+        info["pooling_type"] = "the model's own classifier head"
+        if "token_classify" in resolved.supported_tasks:
+            info["token_pooling"] = resolved.default_tok_pooling
+            info["step_tag_id"] = resolved.default_step_tag_id
+        info["head"] = {
+            "sequence": "transformers sequence classifier",
+            "token": "transformers token classifier",
+            "from_token": "LM head rows (classifier_from_token)",
+            "reward": "reward head from the checkpoint",
+        }[c.head]
         info["num_labels"] = c.num_labels
         info["labels"] = [c.id2label.get(i, str(i)) for i in range(c.num_labels)] if c.id2label else []
-        info["activation"] = classifier_activation(c)
+        info["activation"] = "none (raw rewards)" if resolved.raw_rewards else classifier_activation(c)
         info["classifier_from_token"] = (
             f"{', '.join(c.from_token.tokens)} ({c.from_token.method})" if c.from_token else None
         )
-        info["score_type"] = "cross-encoder" if c.num_labels == 1 else None
-        info["pair_encoding"] = "text pair" if c.use_sep_token else "concatenation"
+        if "classify" in resolved.supported_tasks and not resolved.is_reward:
+            info["score_type"] = "cross-encoder" if c.num_labels == 1 else None
+            info["pair_encoding"] = "text pair" if c.use_sep_token else "concatenation"
     elif "embed" in resolved.supported_tasks:
         info["score_type"] = "bi-encoder"
     if as_json:

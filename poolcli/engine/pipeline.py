@@ -411,6 +411,8 @@ def _process_window(
             n_tokens,
             truncated,
             {c: [block.keep[c][i] for i in keep] for c in run.keep_columns},
+            encoded=[encoded[i] for i in keep],
+            texts=[block.texts[i] for i in keep],
         )
         if keep
         else None

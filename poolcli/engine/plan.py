@@ -13,7 +13,7 @@ import msgspec
 from poolcli.config import PoolerConfig, PoolingParams, RunConfig, ScoreOptions, ScoreTemplate, parse_pooler_config
 from poolcli.engine.resolve import ClassifierInfo, ResolvedModel, StPooling
 from poolcli.errors import ConfigError, UsageError
-from poolcli.vocab import Activation, OnTooLong, PoolingTask, ScoreType, StPoolingMode, TruncationSide
+from poolcli.vocab import Activation, OnTooLong, PoolingTask, ScoreType, StPoolingMode, TokPoolingType, TruncationSide
 
 _SEQ_TO_MODE: dict[str, StPoolingMode] = {"CLS": "cls", "LAST": "lasttoken", "MEAN": "mean"}
 _MODE_TO_SEQ = {v: k for k, v in _SEQ_TO_MODE.items()}
@@ -266,9 +266,13 @@ class ScorePlan(msgspec.Struct, frozen=True, kw_only=True):
         return d
 
 
-def classifier_activation(info: ClassifierInfo) -> Activation:
-    """vLLM's choice (spec 4.2): problem_type, else the cross-encoder's activation_fn, else by label count."""
-    by_count: Activation = "sigmoid" if info.num_labels < 2 else "softmax"
+def classifier_activation(info: ClassifierInfo, columns: int | None = None) -> Activation:
+    """vLLM's choice (spec 4.2): problem_type, else the cross-encoder's activation_fn, else by label count.
+
+    Token tasks count the output's columns (`columns`, after any `returned_token_ids` selection) instead of the
+    configured label count (vLLM's `static_num_labels=False`)."""
+    n = info.num_labels if columns is None else columns
+    by_count: Activation = "sigmoid" if n < 2 else "softmax"
     if info.problem_type == "regression":
         return "identity"
     if info.problem_type == "multi_label_classification":
@@ -425,9 +429,107 @@ def build_classify_plan(run: RunConfig, model: ResolvedModel) -> ClassifyPlan:
     return ClassifyPlan(
         text=text,
         activation=classifier_activation(info),
-        use_activation=True if upper.use_activation is None else upper.use_activation,
+        # Reward models give the raw reward unless asked otherwise (vLLM's reward models).
+        use_activation=(not model.raw_rewards) if upper.use_activation is None else upper.use_activation,
         logit_mean=upper.logit_mean,
         logit_sigma=upper.logit_sigma,
         labels=labels,
         problem_type=info.problem_type,
+    )
+
+
+class TokenClassifyPlan(msgspec.Struct, frozen=True, kw_only=True):
+    """token-classify: per-token classifier outputs, all positions (ALL) or the step tags' (STEP)."""
+
+    text: Plan
+    pooling: TokPoolingType
+    pooling_source: str
+    step_tag_id: int | None = None
+    returned_token_ids: tuple[int, ...] | None = None
+    lm_rows: tuple[int, ...] | None = None
+    """A generative model's logits come from these LM head rows (its returned_token_ids)."""
+    activation: Activation
+    use_activation: bool
+    logit_mean: float | None = None
+    logit_sigma: float | None = None
+    labels: tuple[str, ...]
+    """One name per output column."""
+
+    def describe(self) -> dict[str, Any]:
+        d = self.text.describe()
+        for key in ("pooling", "pooling_source", "normalize", "dimensions"):
+            d.pop(key, None)
+        return d | {
+            "pooling": self.pooling,
+            "pooling_source": self.pooling_source,
+            "step_tag_id": self.step_tag_id,
+            "returned_token_ids": list(self.returned_token_ids) if self.returned_token_ids is not None else None,
+            "head": "LM head rows" if self.lm_rows is not None else "the model's own classifier",
+            "activation": self.activation if self.use_activation else "none",
+            "logit_mean": self.logit_mean,
+            "logit_sigma": self.logit_sigma,
+            "labels": list(self.labels),
+        }
+
+
+def build_token_classify_plan(run: RunConfig, model: ResolvedModel) -> TokenClassifyPlan:
+    info = model.classifier
+    if "token_classify" not in model.supported_tasks:
+        raise UsageError(
+            f"model {model.name} ({model.architecture}) has no per-token classifier; it supports "
+            f"{', '.join(model.supported_tasks)}",
+            hint="token-classify takes *ForTokenClassification, reward and decoder classification models",
+        )
+    text = build_plan(run, model, "token_classify")
+    upper = run.pooler_flags.over(run.pooler_config).over(_preset_pooler(run, "token_classify"))
+    if upper.seq_pooling_type is not None:
+        raise UsageError(
+            f"pooling type {upper.seq_pooling_type} pools a sequence; token-classify takes ALL or STEP",
+        )
+    if upper.tok_pooling_type is not None:
+        pooling: TokPoolingType = "STEP" if upper.tok_pooling_type == "STEP" else "ALL"
+        source = "flags/pooler-config/preset"
+    else:
+        pooling, source = model.default_tok_pooling, f"architecture default ({model.architecture})"
+    step_tag_id = upper.step_tag_id if upper.step_tag_id is not None else model.default_step_tag_id
+    returned = tuple(upper.returned_token_ids) if upper.returned_token_ids is not None else None
+    if pooling != "STEP":
+        if upper.step_tag_id is not None or returned is not None:
+            raise UsageError("step_tag_id and returned_token_ids need STEP pooling (--pooling-type STEP)")
+        step_tag_id = None
+    lm_rows: tuple[int, ...] | None = None
+    if info is None or (model.is_generative and info.head == "sequence"):
+        # A causal LM adapted with --convert classify: its classifier is the LM head, column by token id.
+        if returned is None:
+            raise UsageError(
+                f"{model.name} is a generative model: token-classify reads its LM head through "
+                "returned_token_ids (STEP pooling), e.g. --pooler-config "
+                '\'{"pooling_type": "STEP", "step_tag_id": N, "returned_token_ids": [good, bad]}\''
+            )
+        lm_rows, returned = returned, None
+        columns = len(lm_rows)
+        labels = tuple(f"token_{i}" for i in lm_rows)
+        problem_info = ClassifierInfo(num_labels=columns)
+    else:
+        problem_info = info
+        if returned is not None:
+            bad = [i for i in returned if not 0 <= i < info.num_labels]
+            if bad:
+                raise UsageError(f"returned_token_ids {bad} are not columns of a {info.num_labels}-label head")
+        all_labels = [info.id2label.get(i, f"LABEL_{i}") for i in range(info.num_labels)]
+        labels = tuple(all_labels[i] for i in returned) if returned is not None else tuple(all_labels)
+        columns = len(labels)
+    default_activation = not model.raw_rewards or pooling == "STEP"
+    return TokenClassifyPlan(
+        text=text,
+        pooling=pooling,
+        pooling_source=source,
+        step_tag_id=step_tag_id,
+        returned_token_ids=returned,
+        lm_rows=lm_rows,
+        activation=classifier_activation(problem_info, columns),
+        use_activation=default_activation if upper.use_activation is None else upper.use_activation,
+        logit_mean=upper.logit_mean,
+        logit_sigma=upper.logit_sigma,
+        labels=labels,
     )

@@ -7,6 +7,7 @@ decides which tasks the architecture supports and its default pooling.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -23,7 +24,10 @@ from poolcli.vocab import (
     PoolingTask,
     SeqPoolingType,
     StPoolingMode,
+    TokPoolingType,
 )
+
+ClassifierHeadKind = Literal["sequence", "token", "from_token", "reward"]
 
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -84,6 +88,9 @@ _DECODER_TYPES = {
 _GENERATIVE_SUFFIXES = ("ForCausalLM", "ForConditionalGeneration", "ChatModel", "LMHeadModel")
 _CLASSIFY_SUFFIXES = ("ForSequenceClassification", "ClassificationModel")
 _TOKEN_CLASSIFY_SUFFIXES = ("ForTokenClassification",)
+_REWARD_SUFFIXES = ("ForRewardModeling", "RewardModel")
+# Process reward models pool the step-tag positions by default (vLLM: Qwen2ForProcessRewardModel, `<extra_0>`).
+_STEP_DEFAULTS: dict[str, int] = {"Qwen2ForProcessRewardModel": 151651}
 
 DenseActivation = Literal["identity", "tanh", "relu", "gelu", "sigmoid", "silu"]
 _DENSE_ACTIVATIONS: dict[str, DenseActivation] = {
@@ -131,8 +138,12 @@ class FromToken(msgspec.Struct, frozen=True):
 
 
 class ClassifierInfo(msgspec.Struct, frozen=True, kw_only=True):
-    """What the model files say about its classifier head (used by classify, score and rerank)."""
+    """What the model files say about its classifier head (used by classify, token-classify, score and rerank)."""
 
+    head: ClassifierHeadKind = "sequence"
+    """Where the logits come from: transformers' `*ForSequenceClassification` / `*ForTokenClassification`
+    class, the LM head rows of a few tokens (`classifier_from_token`), or a reward model's own head (the
+    `score` MLP or `v_head` of `*RewardModel` checkpoints, read from the weights)."""
     num_labels: int
     id2label: dict[int, str] = msgspec.field(default_factory=dict)
     problem_type: str | None = None
@@ -176,6 +187,19 @@ class ResolvedModel(msgspec.Struct, frozen=True, kw_only=True):
     """Set for models whose tasks include classify."""
     type_vocab_size: int = 0
     """Token type (segment) embeddings in the model; pairs pass token_type_ids only when this is 2 or more."""
+    default_tok_pooling: TokPoolingType = "ALL"
+    """Token tasks: ALL, or STEP for process reward models."""
+    default_step_tag_id: int | None = None
+    is_reward: bool = False
+    """A reward model: raw rewards by default (no activation), as vLLM's reward models."""
+    is_generative: bool = False
+    """The architecture is a text-generation class (`*ForCausalLM`, ...) adapted with --convert."""
+
+    @property
+    def raw_rewards(self) -> bool:
+        """Outcome reward models give raw rewards by default (no activation); process reward models give class
+        probabilities at their step tags (vLLM section 9.2)."""
+        return self.is_reward and self.default_tok_pooling != "STEP"
 
 
 def bundled_model_path() -> Path:
@@ -289,8 +313,13 @@ def _architecture_traits(
         return ("classify", "token_classify"), is_decoder
     if arch.endswith(_TOKEN_CLASSIFY_SUFFIXES):
         return ("token_classify",), is_decoder
+    if arch.endswith(_REWARD_SUFFIXES):
+        # Per-token rewards (vLLM's `reward` = token_classify) and the sequence reward at the last token.
+        return ("token_classify", "classify"), is_decoder
     if arch.endswith(_CLASSIFY_SUFFIXES):
-        return ("classify", "token_classify"), is_decoder
+        # A decoder's `score` layer runs on every position, so it also gives per-token logits; an encoder's
+        # head pools first ([CLS] through a pooler), so it has no per-token form.
+        return (("classify", "token_classify") if is_decoder else ("classify",)), is_decoder
     if arch.endswith(_GENERATIVE_SUFFIXES) and not has_st_pooling:
         raise ConfigError(
             f"architecture {arch} is a generative model, not a pooling model",
@@ -373,7 +402,12 @@ def resolve_model(
 
     max_length, max_source = _model_max_length(body, config, model_type, st_max, max_model_len)
 
-    classifier = _classifier_info(config, path, config_path) if "classify" in tasks else None
+    is_reward = arch.endswith(_REWARD_SUFFIXES)
+    classifier = (
+        _classifier_info(config, path, config_path, arch=arch, is_reward=is_reward)
+        if "classify" in tasks or "token_classify" in tasks
+        else None
+    )
     mds = config.get("matryoshka_dimensions")
     matryoshka = tuple(int(d) for d in mds) if isinstance(mds, list) and mds else None
     return ResolvedModel(
@@ -400,6 +434,10 @@ def resolve_model(
         hf_overrides=overrides,
         classifier=classifier,
         type_vocab_size=int(config.get("type_vocab_size") or 0),
+        default_tok_pooling="STEP" if arch in _STEP_DEFAULTS else "ALL",
+        default_step_tag_id=_STEP_DEFAULTS.get(arch),
+        is_reward=is_reward,
+        is_generative=arch.endswith(_GENERATIVE_SUFFIXES),
     )
 
 
@@ -407,7 +445,9 @@ def resolve_model(
 _ST_ACTIVATIONS: dict[str, Activation] = {"Sigmoid": "sigmoid", "Softmax": "softmax", "Identity": "identity"}
 
 
-def _classifier_info(config: dict[str, Any], root: Path, config_path: Path) -> ClassifierInfo:
+def _classifier_info(
+    config: dict[str, Any], root: Path, config_path: Path, *, arch: str, is_reward: bool
+) -> ClassifierInfo:
     """num_labels, labels, problem type, the ST activation and the from-token conversion (vLLM section 4.2, 7)."""
     tokens = config.get("classifier_from_token")
     from_token: FromToken | None = None
@@ -430,6 +470,13 @@ def _classifier_info(config: dict[str, Any], root: Path, config_path: Path) -> C
     if from_token is not None:
         num_labels = from_token.num_labels
         id2label = dict(enumerate(from_token.tokens)) if num_labels > 1 else {}
+    elif is_reward:
+        # Reward configs do not reliably state their head size (vLLM hard-codes it per class): read it from the
+        # shape of the head's last layer in the checkpoint.
+        head_layers = reward_head_layers(config_path.parent)
+        num_labels = head_layers[-1][1][0]
+        if len(id2label) != num_labels:
+            id2label = {}
     else:
         n = config.get("num_labels")
         num_labels = int(n) if isinstance(n, int) else (len(id2label) or 2)
@@ -455,13 +502,57 @@ def _classifier_info(config: dict[str, Any], root: Path, config_path: Path) -> C
             raise ConfigError(f"{config_path}: unsupported cross-encoder activation {st_name!r}")
     problem_type = config.get("problem_type")
     use_sep = config.get("use_sep_token", config.get("use_pad_token"))
+    head: ClassifierHeadKind
+    if from_token is not None:
+        head = "from_token"
+    elif is_reward:
+        head = "reward"
+    elif arch.endswith(_TOKEN_CLASSIFY_SUFFIXES):
+        head = "token"
+    else:
+        head = "sequence"
     return ClassifierInfo(
+        head=head,
         num_labels=num_labels,
         id2label=id2label,
         problem_type=str(problem_type) if problem_type else None,
         st_activation=st_activation,
         from_token=from_token,
         use_sep_token=bool(use_sep) if use_sep is not None else from_token is None,
+    )
+
+
+_REWARD_HEAD_PREFIXES = ("score.", "v_head.", "reward_head.")
+
+
+def _safetensors_shapes(folder: Path) -> dict[str, list[int]]:
+    """Tensor name -> shape from the safetensors headers (8-byte length + JSON), without reading any weights."""
+    files = sorted(folder.glob("*.safetensors"))
+    shapes: dict[str, list[int]] = {}
+    for f in files:
+        with open(f, "rb") as fh:
+            size = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(size))
+        shapes.update({k: list(v["shape"]) for k, v in header.items() if k != "__metadata__"})
+    return shapes
+
+
+def _layer_index(item: tuple[str, list[int]], *, prefix: str) -> int:
+    middle = item[0][len(prefix) : -len("weight")].strip(".")
+    return int(middle) if middle.isdigit() else 0
+
+
+def reward_head_layers(folder: Path) -> list[tuple[str, list[int]]]:
+    """The Linear layers of a reward model's head in order, as (weight name, [out, in]): `score.0`, `score.2`
+    (Qwen2 reward models' Linear-ReLU-Linear), `score`, or `v_head` (InternLM2)."""
+    shapes = _safetensors_shapes(folder)
+    for prefix in _REWARD_HEAD_PREFIXES:
+        layers = [(k, v) for k, v in shapes.items() if k.startswith(prefix) and k.endswith("weight") and len(v) == 2]
+        if layers:
+            return sorted(layers, key=functools.partial(_layer_index, prefix=prefix))
+    raise ConfigError(
+        f"{folder}: no reward head weights ({', '.join(p + '*' for p in _REWARD_HEAD_PREFIXES)}) in the "
+        "safetensors files"
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -12,7 +12,7 @@ from poolcli.errors import ConfigError, UsageError
 from poolcli.pooler.heads import Dense
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from torch import Tensor, nn
 
@@ -156,42 +156,68 @@ def _read_state(folder: Path) -> dict[str, Tensor]:
 
 
 class ClassifierRunner:
-    """A model with a classifier head: padded ids -> float32 logits [B, num_labels].
+    """A model with a classifier head: padded ids -> float32 logits, [B, num_labels] per row or, with
+    `per_token`, [B, L, num_labels] per position.
 
-    Sequence-classification checkpoints run through transformers' own class, so every architectural layer of the
-    head (BERT's tanh pooler, RoBERTa's dense + out_proj, a decoder's last-token `score`) runs exactly as in
-    transformers. A causal LM converted with `classifier_from_token` runs its body only and multiplies the last
-    token's hidden state by the chosen rows of the LM head (one difference row for a yes/no reranker), so the full
-    vocabulary's logits are never computed.
+    Sequence- and token-classification checkpoints run through transformers' own classes, so every architectural
+    layer of the head (BERT's tanh pooler, RoBERTa's dense + out_proj, a decoder's last-token `score`) runs exactly
+    as in transformers. Three heads run on the model body instead: a causal LM converted with
+    `classifier_from_token` (or asked for `returned_token_ids` under STEP pooling) multiplies hidden states by the
+    chosen rows of the LM head, so the full vocabulary's logits are never computed; a reward model applies its
+    own head (read from the checkpoint); and a decoder's sequence classifier applies its `score` layer to every
+    position for per-token logits.
     """
 
     def __init__(
-        self, model: ResolvedModel, *, device: str, dtype: DType, trust_remote_code: bool, pad_id: int
+        self,
+        model: ResolvedModel,
+        *,
+        device: str,
+        dtype: DType,
+        trust_remote_code: bool,
+        pad_id: int,
+        per_token: bool = False,
+        lm_rows: Sequence[int] | None = None,
     ) -> None:
         quiet_transformers()
         from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
         info = model.classifier
-        if info is None:
+        if info is None and lm_rows is None:
             raise ConfigError(f"{model.name} has no classifier head")
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        self.from_token = info.from_token
+        self.per_token = per_token
         self.pad_id = pad_id
+        # Set when the model body runs alone and this head turns its hidden states into logits.
+        self.head: Callable[[Tensor], Tensor] | None = None
         try:
             config = AutoConfig.from_pretrained(model.path, trust_remote_code=trust_remote_code)
             for key, value in model.hf_overrides.items():
                 setattr(config, key, value)
-            if self.from_token is not None:
+            if model.is_decoder and getattr(config, "pad_token_id", None) is None:
+                # transformers finds a decoder's last real token by the pad id; rows are padded with ours.
+                config.pad_token_id = pad_id
+            body_only = lm_rows is not None or (info is not None and info.head in ("from_token", "reward"))
+            if body_only:
                 self.model = AutoModel.from_pretrained(
                     model.path, config=config, dtype=self.dtype, trust_remote_code=trust_remote_code
                 )
-                self.weight = self._token_weight(model, config).to(self.device)
+                if lm_rows is not None or (info is not None and info.head == "from_token"):
+                    weight = self._token_weight(model, config, lm_rows).to(self.device)
+                    self.head = lambda h: h.float() @ weight.T
+                else:
+                    self.head = _reward_head(Path(model.path)).to(self.device)
             else:
-                if model.is_decoder and getattr(config, "pad_token_id", None) is None:
-                    # transformers finds a decoder's last real token by the pad id; rows are padded with ours.
-                    config.pad_token_id = pad_id
-                self.model, loading = AutoModelForSequenceClassification.from_pretrained(
+                assert info is not None
+                from transformers import AutoModelForTokenClassification
+
+                auto: Any = (
+                    AutoModelForTokenClassification
+                    if per_token and info.head == "token"
+                    else AutoModelForSequenceClassification
+                )
+                self.model, loading = auto.from_pretrained(
                     model.path,
                     config=config,
                     dtype=self.dtype,
@@ -206,29 +232,44 @@ class ClassifierRunner:
                         "missing)",
                         hint="a generative checkpoint needs classifier_from_token (e.g. --config qwen3-reranker)",
                     )
+                if per_token and info.head == "sequence":
+                    # A decoder classifier's `score` is per position; transformers then keeps the last one.
+                    score = self.model.score
+                    self.model = self.model.base_model
+                    self.head = lambda h: score(h).float()
         except (OSError, ValueError, KeyError) as exc:
             raise ConfigError(f"cannot load model {model.name}: {str(exc).splitlines()[0]}") from None
         self.model.eval().to(self.device)
 
-    def _token_weight(self, model: ResolvedModel, config: object) -> Tensor:
-        """[num_labels, hidden] float32 from the LM head rows of the classifier tokens (vLLM section 7)."""
+    def _token_weight(self, model: ResolvedModel, config: object, lm_rows: Sequence[int] | None) -> Tensor:
+        """[num_labels, hidden] float32 from the LM head rows of the classifier tokens (vLLM section 7), or of
+        `lm_rows` (token ids) when given."""
         from transformers import AutoTokenizer
 
-        assert self.from_token is not None
-        tok = AutoTokenizer.from_pretrained(model.path)
-        ids = []
-        for t in self.from_token.tokens:
-            i = tok.convert_tokens_to_ids(t)
-            if not isinstance(i, int) or i == tok.unk_token_id:
-                raise ConfigError(f"classifier_from_token: the tokenizer has no token {t!r}")
-            ids.append(i)
+        info = model.classifier
+        from_token = info.from_token if info is not None else None
+        if lm_rows is not None:
+            ids = list(lm_rows)
+            vocab = int(self.model.get_input_embeddings().weight.shape[0])
+            bad = [i for i in ids if not 0 <= i < vocab]
+            if bad:
+                raise ConfigError(f"returned_token_ids {bad} are outside the vocabulary (0..{vocab - 1})")
+        else:
+            assert from_token is not None
+            tok = AutoTokenizer.from_pretrained(model.path)
+            ids = []
+            for t in from_token.tokens:
+                i = tok.convert_tokens_to_ids(t)
+                if not isinstance(i, int) or i == tok.unk_token_id:
+                    raise ConfigError(f"classifier_from_token: the tokenizer has no token {t!r}")
+                ids.append(i)
         text_config = getattr(config, "text_config", None) or config
         rows: Tensor
         if getattr(text_config, "tie_word_embeddings", False):
             rows = self.model.get_input_embeddings().weight[ids].detach().float()
         else:
             rows = _read_rows(Path(model.path), "lm_head.weight", ids)
-        if self.from_token.method == "from_2_way_softmax":
+        if lm_rows is None and from_token is not None and from_token.method == "from_2_way_softmax":
             rows = (rows[1] - rows[0]).unsqueeze(0)
         return rows
 
@@ -241,14 +282,53 @@ class ClassifierRunner:
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids.to(self.device, non_blocking=True)
         out = self.model(**kwargs)
-        if self.from_token is None:
+        if self.head is None:
             logits: Tensor = out.logits
             return logits.float()
         hidden: Tensor = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        if self.per_token:
+            return self.head(hidden)
         mask = kwargs["attention_mask"]
         last = mask.sum(dim=1) - 1  # rows are right-padded
-        h = hidden[torch.arange(hidden.shape[0], device=hidden.device), last].float()
-        return h @ self.weight.T
+        return self.head(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
+
+
+def _reward_head(folder: Path) -> nn.Module:
+    """A reward model's head from its checkpoint, in float32: its Linear layers with a ReLU between each (Qwen2
+    reward models: Linear(h, h) -> ReLU -> Linear(h, labels); InternLM2: one Linear)."""
+    from safetensors import safe_open
+    from torch import nn
+
+    from poolcli.engine.resolve import reward_head_layers
+
+    layers: list[nn.Module] = []
+    for name, (out_f, in_f) in reward_head_layers(folder):
+        bias_name = name.removesuffix("weight") + "bias"
+        tensors: dict[str, Tensor] = {}
+        for f in sorted(folder.glob("*.safetensors")):
+            with safe_open(str(f), framework="pt") as fh:
+                for key in (name, bias_name):
+                    if key in fh.keys():  # noqa: SIM118 - safe_open handles have keys(), not __contains__
+                        tensors[key] = fh.get_tensor(key)
+        linear = nn.Linear(in_f, out_f, bias=bias_name in tensors)
+        linear.weight.data = tensors[name].float()
+        if bias_name in tensors:
+            linear.bias.data = tensors[bias_name].float()
+        if layers:
+            layers.append(nn.ReLU())
+        layers.append(linear)
+    head = nn.Sequential(*layers).eval().requires_grad_(False)
+    return _Float32Head(head)
+
+
+class _Float32Head(torch.nn.Module):
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self.inner = head
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        out: Tensor = self.inner(hidden.float())
+        return out
 
 
 def _read_rows(folder: Path, name: str, rows: list[int]) -> Tensor:

@@ -20,6 +20,9 @@ class Encoded(msgspec.Struct):
 
     ids: list[int]
     truncated: bool
+    offsets: list[tuple[int, int]] | None = None
+    """Per token, its [start, end) characters in the row's text (not the prompt); (0, 0) for special and prompt
+    tokens. Only when the encoder was asked for offsets."""
 
 
 class TextEncoder:
@@ -29,7 +32,7 @@ class TextEncoder:
     so finding too-long rows costs no second pass.
     """
 
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, *, offsets: bool = False) -> None:
         from tokenizers import Tokenizer
 
         hf, backend = _load_tokenizer(plan.model.path)
@@ -60,6 +63,7 @@ class TextEncoder:
         self.prompt = plan.prompt
         self.lower = plan.lower_case
         self.prompt_tokens = self._prompt_length() if (plan.prompt and not plan.pooling.include_prompt) else 0
+        self.offsets = offsets
 
     def _prompt_length(self) -> int:
         """Tokens of the prompt, less a trailing special token (how Sentence-Transformers counts it)."""
@@ -79,21 +83,40 @@ class TextEncoder:
         if self._keep_prompt_left is not None:
             return self._encode_left_keeping_prompt(texts, *self._keep_prompt_left)
         batch = self._tok.encode_batch([self.prepare(t) for t in texts], add_special_tokens=True)
+        if self.offsets:
+            return [
+                Encoded(e.ids, bool(e.overflowing), self._text_offsets(e.offsets, e.special_tokens_mask)) for e in batch
+            ]
         return [Encoded(e.ids, bool(e.overflowing)) for e in batch]
+
+    def _text_offsets(self, offsets: Sequence[tuple[int, int]], special: Sequence[int]) -> list[tuple[int, int]]:
+        """Offsets in the prepared text (prompt + text) -> offsets in the row's own text."""
+        shift = len(self.prompt) if self.prompt else 0
+        out: list[tuple[int, int]] = []
+        for (start, end), is_special in zip(offsets, special, strict=True):
+            if is_special or end <= shift:
+                out.append((0, 0))
+            else:
+                out.append((max(start - shift, 0), end - shift))
+        return out
 
     def _encode_left_keeping_prompt(self, texts: Sequence[str], full: Tokenizer, prompt_len: int) -> list[Encoded]:
         out: list[Encoded] = []
         for e in full.encode_batch([self.prepare(t) for t in texts], add_special_tokens=True):
             ids, special = e.ids, e.special_tokens_mask
+            offsets = self._text_offsets(e.offsets, special) if self.offsets else None
             if len(ids) <= self.max_tokens:
-                out.append(Encoded(ids, False))
+                out.append(Encoded(ids, False, offsets))
                 continue
             lead = next((i for i, m in enumerate(special) if not m), len(ids))
             trail = next((i for i, m in enumerate(reversed(special)) if not m), 0)
-            body = ids[lead : len(ids) - trail]
+            n = len(ids)
             room = self.max_tokens - lead - trail - prompt_len
-            kept = ids[:lead] + body[:prompt_len] + body[len(body) - room :] + ids[len(ids) - trail :]
-            out.append(Encoded(kept, True))
+            # Positions kept: leading specials, the prompt, the last `room` text tokens, trailing specials.
+            keep = [*range(lead + prompt_len), *range(n - trail - room, n)]
+            out.append(
+                Encoded([ids[i] for i in keep], True, [offsets[i] for i in keep] if offsets is not None else None)
+            )
         return out
 
 

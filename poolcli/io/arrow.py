@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -68,7 +69,11 @@ class EmbedTableBuilder:
         n_tokens: list[int],
         truncated: list[bool],
         keep: dict[str, list[Any]],
+        *,
+        encoded: Sequence[Any] = (),
+        texts: Sequence[str] = (),
     ) -> pa.Table:
+        """`encoded` and `texts` (the rows' tokenization and text) are for builders whose columns need them."""
         types = self.schema
         values = self.value_arrays(vectors)
         arrays = [
@@ -152,3 +157,134 @@ class ClassifyTableBuilder(EmbedTableBuilder):
 
 
 _TOP_K = pa.struct([pa.field("label", pa.string()), pa.field("score", pa.float32())])
+
+
+def _ragged(arrays: Sequence[NDArray[Any]], value_type: pa.DataType, width: int | None) -> pa.ListArray:
+    """Per-row arrays (each [n_i] or [n_i, width]) -> list<value> or list<fixed_size_list<value>[width]>, from
+    one concatenated buffer."""
+    counts = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
+    offsets = np.zeros(len(arrays) + 1, dtype=np.int32)
+    np.cumsum(counts, out=offsets[1:])
+    np_type = value_type.to_pandas_dtype()
+    if width is None:
+        flat = np.concatenate(arrays).astype(np_type, copy=False) if arrays else np.zeros(0, np_type)
+        values: pa.Array = pa.array(flat, type=value_type)
+    else:
+        flat = (
+            np.concatenate([np.asarray(a, dtype=np_type).reshape(-1, width) for a in arrays]).reshape(-1)
+            if arrays
+            else np.zeros(0, np_type)
+        )
+        values = pa.FixedSizeListArray.from_arrays(pa.array(flat, type=value_type), width)
+    return pa.ListArray.from_arrays(pa.array(offsets, type=pa.int32()), values)
+
+
+_ENTITY = pa.struct(
+    [
+        pa.field("entity", pa.string()),
+        pa.field("start", pa.int32()),
+        pa.field("end", pa.int32()),
+        pa.field("score", pa.float32()),
+        pa.field("text", pa.string()),
+    ]
+)
+
+
+class TokenClassifyTableBuilder(EmbedTableBuilder):
+    """token-classify: `token_ids` and `probs` (one vector per token, or per step tag with STEP pooling, then
+    `step_positions`), `n_tokens`, `truncated`; `offsets` ([start, end) characters per token) and `entities`
+    (aggregated spans) when asked for."""
+
+    value_column = "probs"
+
+    def __init__(
+        self,
+        labels: list[str],
+        *,
+        step: bool,
+        step_tag_id: int | None,
+        offsets: bool,
+        aggregate: bool,
+        ignore_labels: frozenset[str],
+        keep_columns: tuple[str, ...],
+        metadata: dict[bytes, bytes],
+    ) -> None:
+        super().__init__(len(labels), "float32", keep_columns, metadata)
+        self.labels = labels
+        self.step = step
+        self.step_tag_id = step_tag_id
+        self.offsets = offsets
+        self.aggregate = aggregate
+        self.ignore_labels = ignore_labels
+        self._encoded: Sequence[Any] = ()
+        self._texts: Sequence[str] = ()
+
+    def observe(self, block: Block) -> None:
+        if self.schema is None and block.ids:
+            n = len(block.ids)
+            from poolcli.engine.tokenize import Encoded
+
+            empty = np.empty(n, dtype=object)
+            for i in range(n):
+                empty[i] = np.zeros((0, self.dim), dtype=np.float32)
+            encoded = [Encoded([], False, []) for _ in range(n)]
+            self.table(block.ids, empty, [0] * n, [False] * n, block.keep, encoded=encoded, texts=[""] * n)
+
+    def value_fields(self) -> list[pa.Field]:
+        fields = [
+            pa.field("token_ids", pa.list_(pa.int32())),
+            pa.field("probs", pa.list_(pa.list_(pa.float32(), self.dim))),
+        ]
+        if self.step:
+            fields.append(pa.field("step_positions", pa.list_(pa.int32())))
+        if self.offsets:
+            fields.append(pa.field("offsets", pa.list_(pa.list_(pa.int32(), 2))))
+        if self.aggregate:
+            fields.append(pa.field("entities", pa.list_(_ENTITY)))
+        return fields
+
+    def table(
+        self,
+        ids: list[Any],
+        vectors: NDArray[Any],
+        n_tokens: list[int],
+        truncated: list[bool],
+        keep: dict[str, list[Any]],
+        *,
+        encoded: Sequence[Any] = (),
+        texts: Sequence[str] = (),
+    ) -> pa.Table:
+        self._encoded, self._texts = encoded, texts
+        try:
+            return super().table(ids, vectors, n_tokens, truncated, keep, encoded=encoded, texts=texts)
+        finally:
+            self._encoded, self._texts = (), ()
+
+    def value_arrays(self, vectors: NDArray[Any]) -> list[tuple[str, pa.Array]]:
+        encoded = self._encoded
+        assert len(encoded) == len(vectors)
+        token_ids = [np.asarray(e.ids, dtype=np.int32) for e in encoded]
+        out: list[tuple[str, pa.Array]] = [
+            ("token_ids", _ragged(token_ids, pa.int32(), None)),
+            ("probs", _ragged(list(vectors), pa.float32(), self.dim)),
+        ]
+        if self.step:
+            out.append(("step_positions", _ragged([self._step_positions(e.ids) for e in encoded], pa.int32(), None)))
+        if self.offsets:
+            out.append(("offsets", _ragged([np.asarray(e.offsets, np.int32) for e in encoded], pa.int32(), 2)))
+        if self.aggregate:
+            from poolcli.pooler.entities import aggregate_simple
+
+            rows = []
+            for e, probs, text in zip(encoded, vectors, self._texts, strict=True):
+                special = [s == t for s, t in e.offsets]
+                ents = aggregate_simple(probs, e.offsets, special, self.labels, text, ignore=self.ignore_labels)
+                rows.append([ent._asdict() for ent in ents])
+            out.append(("entities", pa.array(rows, type=pa.list_(_ENTITY))))
+        return out
+
+    def _step_positions(self, ids: Sequence[int]) -> NDArray[np.int32]:
+        arr = np.asarray(ids, dtype=np.int64)
+        if self.step_tag_id is None:
+            return np.arange(len(arr), dtype=np.int32)
+        return np.flatnonzero(arr == self.step_tag_id).astype(np.int32)

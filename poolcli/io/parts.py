@@ -608,6 +608,7 @@ class PartWriter:
 
         Read batch by batch, so validating a part costs a batch of memory, not the whole part."""
         import numpy as np
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         def fail(why: object) -> InternalError:
@@ -624,8 +625,8 @@ class PartWriter:
                     raise fail("ids differ from what was computed")
                 seen += len(ids)
                 column = batch.column(1)
-                if hasattr(column, "values"):  # a list of vectors
-                    column = column.values
+                while hasattr(column, "flatten") and pa.types.is_nested(column.type):  # lists of vectors
+                    column = column.flatten()
                 if not np.isfinite(column.to_numpy(zero_copy_only=False)).all():
                     raise fail("non-finite values")
         except InternalError:

@@ -137,6 +137,7 @@ class ErrorFileSink:
 def default_output(input_path: str, task: str) -> str:
     """`<input stem>.<task>.parquet` beside the input; only the compression and format suffixes are dropped, so
     dated names like `logs/2024.01.05.jsonl` keep their dots."""
+    task = task.replace("_", "-")  # named as the command is
     if input_path == "-":
         return f"stdin.{task}.parquet"
     if any(ch in input_path for ch in "*?["):

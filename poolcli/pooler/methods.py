@@ -133,3 +133,21 @@ _METHODS: dict[StPoolingMode, type[SequencePool]] = {
 def sequence_pool(modes: tuple[StPoolingMode, ...]) -> SequencePool:
     methods = [_METHODS[m]() for m in modes]
     return methods[0] if len(methods) == 1 else ConcatPool(methods)
+
+
+def step_pool(
+    data: Tensor, token_ids: Tensor, *, step_tag_id: int | None, returned_token_ids: list[int] | None
+) -> tuple[Tensor, Tensor]:
+    """STEP pooling of one row (vLLM section 3): the columns `returned_token_ids` (all when None) of the rows at
+    positions whose token is `step_tag_id` (every position when None).
+
+    `data` is the row's per-token output [L, C], `token_ids` its ids [L]. Returns (the kept outputs [S, C'],
+    their positions [S]).
+    """
+    if returned_token_ids is not None:
+        data = data[:, returned_token_ids]
+    positions = torch.arange(data.shape[0], device=data.device)
+    if step_tag_id is not None:
+        keep = token_ids.to(data.device) == step_tag_id
+        data, positions = data[keep], positions[keep]
+    return data, positions

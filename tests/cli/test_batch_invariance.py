@@ -34,6 +34,5 @@ def test_row_alone_beside_long_neighbour_and_any_budget(tmp_path: Path) -> None:
             diff = np.abs(vectors[row] - alone).max()
             # Padded positions are masked out exactly; what remains is kernel-shape rounding, far below 1e-6.
             assert diff <= 1e-6, (name, row, diff)
-    # The same options twice give the same bytes: batch composition is deterministic.
-    again = _vectors(tmp_path, "mid2", neighbours, "--max-batch-tokens", "300", "--max-batch-size", "2")
-    assert again.tobytes() == results["budget 300"].tobytes()
+    # That the same options give the same bytes twice is checked by every resume test in test_reliability.py
+    # (a resumed run's output equals an uninterrupted run's, byte for byte).

@@ -123,3 +123,23 @@ def test_classify_parameter_and_model_checks(tmp_path: Path, tiny_bert: Path) ->
     assert proc.returncode == 78 and "no classifier weights" in proc.stderr
     proc = run_cli("classify", src, "-m", tiny_bert, "-o", tmp_path / "o.parquet")
     assert proc.returncode == 64 and "Traceback" not in proc.stderr
+
+
+def test_convert_classify_runs_a_score_head_saved_under_a_generative_name(tmp_path: Path) -> None:
+    """A decoder checkpoint that carries a trained `score` head but names a *ForCausalLM architecture (as some
+    trainers save it): refused as generative without --convert, and with --convert classify equal to
+    transformers' sequence classifier on the same weights."""
+    import json
+
+    model_dir = models.build_classifier(tmp_path / "m", family="qwen3", num_labels=3, seed=7)
+    expected = _logits(model_dir, TEXTS)
+    cfg = json.loads((model_dir / "config.json").read_text())
+    cfg["architectures"] = ["Qwen3ForCausalLM"]
+    (model_dir / "config.json").write_text(json.dumps(cfg))
+    src = write_jsonl(tmp_path / "in.jsonl", [{"text": t} for t in TEXTS])
+    proc = run_cli("classify", src, "-m", model_dir, "-o", tmp_path / "o.parquet")
+    assert proc.returncode == 78 and "--convert" in proc.stderr
+    out = tmp_path / "c.parquet"
+    proc = run_cli("classify", src, "-m", model_dir, "--convert", "classify", "-o", out, "--no-activation")
+    assert proc.returncode == 0, proc.stderr
+    assert np.abs(np.asarray(pq.read_table(out).column("probs").to_pylist()) - expected).max() < 1e-5

@@ -133,7 +133,7 @@ def _popen(args: list[str], env: dict[str, str] | None = None) -> subprocess.Pop
     )
 
 
-@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("seed", range(3))  # seed 2 kills a single-file run; 0 and 1 dataset dirs
 def test_chaos_sigkill_then_resume(tmp_path: Path, src: Path, tiny_bert: Path, ref: Reference, seed: int) -> None:
     rng = random.Random(seed)
     single_file = seed % 3 == 2

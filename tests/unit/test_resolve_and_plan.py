@@ -15,7 +15,7 @@ from poolcli.errors import ConfigError, NoInputError, UsageError
 
 def _model_dir(tmp_path: Path, config: dict, files: dict[str, object] | None = None) -> Path:
     d = tmp_path / "m"
-    d.mkdir(exist_ok=True)
+    d.mkdir(parents=True, exist_ok=True)
     (d / "config.json").write_text(json.dumps(config))
     for name, content in (files or {}).items():
         p = d / name
@@ -146,9 +146,39 @@ def test_architecture_defaults_and_tasks(tmp_path: Path) -> None:
     assert m.is_decoder and m.default_pooling == "LAST"
     cls = dict(BERT, architectures=["BertForSequenceClassification"])
     m = resolve_model(str(_model_dir(tmp_path, cls)))
-    assert m.supported_tasks == ("classify", "token_classify")
+    assert m.supported_tasks == ("classify",)  # the [CLS] pooler comes first: no per-token form
     with pytest.raises(UsageError, match="does not support 'embed'"):
         build_plan(_run(), m, "embed")
+    qwen_cls = dict(qwen, architectures=["Qwen3ForSequenceClassification"], num_labels=3)
+    m = resolve_model(str(_model_dir(tmp_path, qwen_cls)))
+    assert m.supported_tasks == ("classify", "token_classify") and m.classifier is not None
+    assert (m.classifier.head, m.classifier.num_labels, m.default_tok_pooling) == ("sequence", 3, "ALL")
+    ner = dict(BERT, architectures=["BertForTokenClassification"], id2label={"0": "O", "1": "B-PER"})
+    m = resolve_model(str(_model_dir(tmp_path, ner)))
+    assert m.supported_tasks == ("token_classify",) and m.classifier is not None
+    assert (m.classifier.head, m.classifier.num_labels) == ("token", 2)
+
+
+def test_reward_models_take_their_head_size_from_the_weights(tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    base = {"model_type": "qwen2", "hidden_size": 8, "max_position_embeddings": 100, "num_labels": 2}
+    for arch, head, labels, pooling, step in [
+        ("Qwen2ForRewardModel", {"score.0.weight": (8, 8), "score.2.weight": (1, 8)}, 1, "ALL", None),
+        ("Qwen2ForProcessRewardModel", {"score.0.weight": (8, 8), "score.2.weight": (2, 8)}, 2, "STEP", 151651),
+        ("InternLM2ForRewardModel", {"v_head.weight": (1, 8)}, 1, "ALL", None),
+    ]:
+        d = _model_dir(tmp_path / arch, dict(base, architectures=[arch]))
+        save_file({k: torch.zeros(shape) for k, shape in head.items()}, str(d / "model.safetensors"))
+        m = resolve_model(str(d))
+        assert m.supported_tasks == ("token_classify", "classify") and m.classifier is not None
+        assert (m.classifier.head, m.classifier.num_labels) == ("reward", labels)
+        assert (m.default_tok_pooling, m.default_step_tag_id, m.raw_rewards) == (pooling, step, step is None)
+    d = _model_dir(tmp_path / "none", dict(base, architectures=["Qwen2ForRewardModel"]))
+    save_file({"model.norm.weight": torch.zeros(8)}, str(d / "model.safetensors"))
+    with pytest.raises(ConfigError, match="no reward head weights"):
+        resolve_model(str(d))
 
 
 def test_precedence_flags_over_pooler_config_over_preset_over_st(tmp_path: Path) -> None:
@@ -183,7 +213,7 @@ def test_precedence_flags_over_pooler_config_over_preset_over_st(tmp_path: Path)
         ({"logit_sigma": 0}, "division by zero"),
         ({"pooling_type": "SUM"}, "unknown pooling type"),
         ({"dimensions": 0}, "greater than 0"),
-        ({"step_tag_id": 3}, "STEP"),
+        ({"step_tag_id": 3, "pooling_type": "ALL"}, "STEP"),
         ({"normalize": True, "use_activation": False}, "disagree"),
         ({"not_a_field": 1}, "not_a_field"),
     ],
