@@ -260,6 +260,11 @@ def _token_classify_runner(run: RunConfig, model: ResolvedModel, source: Source)
     opts = run.token_classify or TokenClassifyOptions()
     if opts.aggregate != "none" and not tplan.use_activation:
         raise UsageError("--aggregate needs probabilities; the activation is off for this model or run")
+    if opts.aggregate != "none" and (
+        tplan.activation != "softmax" or tplan.logit_mean is not None or tplan.logit_sigma is not None
+    ):
+        # The pipeline's spans come from a softmax of the raw logits; anything else would give other spans.
+        raise UsageError("--aggregate needs a softmax over uncalibrated logits (a multi-class token classifier)")
     if opts.aggregate != "none" and tplan.pooling == "STEP":
         raise UsageError("--aggregate builds entity spans from every token; it does not apply to STEP pooling")
 
@@ -284,7 +289,9 @@ def _token_classify_runner(run: RunConfig, model: ResolvedModel, source: Source)
                 keep_columns=run.keep_columns,
                 metadata=metadata,
             ),
-            make_worker=lambda faults: TokenClassifier(run, tplan, faults, quiet=run.quiet),
+            make_worker=lambda faults: TokenClassifier(
+                run, tplan, faults, quiet=run.quiet, offsets=opts.offsets or opts.aggregate != "none"
+            ),
         )
 
     return runner

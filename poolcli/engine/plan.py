@@ -318,6 +318,11 @@ def build_score_plan(run: RunConfig, model: ResolvedModel) -> ScorePlan:
                 f"({model.architecture}) is not one",
                 hint="use --score-type bi-encoder for an embedding model",
             )
+        if model.is_reward:
+            raise UsageError(
+                f"{model.name} is a reward model, not a cross-encoder",
+                hint="poolcli classify gives its sequence reward; token-classify its per-token rewards",
+            )
         if info.num_labels != 1:
             raise UsageError(
                 f"scoring needs a one-label classifier; {model.name} has {info.num_labels} labels",
@@ -493,6 +498,8 @@ def build_token_classify_plan(run: RunConfig, model: ResolvedModel) -> TokenClas
         pooling, source = model.default_tok_pooling, f"architecture default ({model.architecture})"
     step_tag_id = upper.step_tag_id if upper.step_tag_id is not None else model.default_step_tag_id
     returned = tuple(upper.returned_token_ids) if upper.returned_token_ids is not None else None
+    if returned is not None and not returned:
+        raise UsageError("returned_token_ids is empty; leave it out to keep every column")
     if pooling != "STEP":
         if upper.step_tag_id is not None or returned is not None:
             raise UsageError("step_tag_id and returned_token_ids need STEP pooling (--pooling-type STEP)")

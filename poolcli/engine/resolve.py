@@ -310,7 +310,8 @@ def _architecture_traits(
     if convert == "embed":
         return ("embed", "token_embed"), is_decoder
     if convert == "classify":
-        return ("classify", "token_classify"), is_decoder
+        per_token = is_decoder or arch.endswith(_TOKEN_CLASSIFY_SUFFIXES)
+        return (("classify", "token_classify") if per_token else ("classify",)), is_decoder
     if arch.endswith(_TOKEN_CLASSIFY_SUFFIXES):
         return ("token_classify",), is_decoder
     if arch.endswith(_REWARD_SUFFIXES):

@@ -208,6 +208,11 @@ class ClassifierRunner:
                     self.head = lambda h: h.float() @ weight.T
                 else:
                     self.head = _reward_head(Path(model.path)).to(self.device)
+                # Remote code may map AutoModel to the reward class itself (InternLM2, Qwen2.5-Math-PRM): its
+                # output would be rewards, not hidden states, so run its body.
+                base = getattr(self.model, "base_model", self.model)
+                if base is not self.model:
+                    self.model = base
             else:
                 assert info is not None
                 from transformers import AutoModelForTokenClassification
@@ -233,10 +238,14 @@ class ClassifierRunner:
                         hint="a generative checkpoint needs classifier_from_token (e.g. --config qwen3-reranker)",
                     )
                 if per_token and info.head == "sequence":
-                    # A decoder classifier's `score` is per position; transformers then keeps the last one.
-                    score = self.model.score
+                    # A decoder classifier's `score` is per position; transformers then keeps the last one. It
+                    # runs in float32 on the model's device, as vLLM's head does.
+                    score = getattr(self.model, "score", None)
+                    if score is None:
+                        raise ConfigError(f"{model.name}: its classifier has no per-position `score` layer")
+                    score = score.to(self.device).float()
                     self.model = self.model.base_model
-                    self.head = lambda h: score(h).float()
+                    self.head = lambda h: score(h.float())
         except (OSError, ValueError, KeyError) as exc:
             raise ConfigError(f"cannot load model {model.name}: {str(exc).splitlines()[0]}") from None
         self.model.eval().to(self.device)

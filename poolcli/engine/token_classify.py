@@ -21,14 +21,16 @@ class TokenClassifier:
     selection -> calibration -> the final activation, in float32. Each row's result is a [n, C] array: every
     token (ALL) or every step tag (STEP)."""
 
-    def __init__(self, run: RunConfig, tplan: TokenClassifyPlan, faults: Faults, *, quiet: bool) -> None:
+    def __init__(
+        self, run: RunConfig, tplan: TokenClassifyPlan, faults: Faults, *, quiet: bool, offsets: bool = False
+    ) -> None:
         from poolcli.engine.runner import ClassifierRunner, configure_threads
         from poolcli.pooler.heads import ClassifierHead
 
         self.tplan = tplan
         self.plan = tplan.text
         self.faults = faults
-        self.encoder = TextEncoder(tplan.text, offsets=True)
+        self.encoder = TextEncoder(tplan.text, offsets=offsets)
         self.runner = ClassifierRunner(
             tplan.text.model,
             device=run.device,
@@ -70,13 +72,17 @@ class TokenClassifier:
             batch_rows = [rows[j] for j in batch]
             f.before_batch(batch_rows, ids.numel())
             logits = self.runner.logits(ids, mask, None)
+            if returned is not None:
+                logits = logits[..., returned]
+            # The activation works on each vector alone, so it runs once over the padded batch (one device sync).
+            with torch.inference_mode():
+                probs = self.head(logits).cpu()
             for k, j in enumerate(batch):
                 n = len(seqs[j])
-                data = logits[k, :n]
+                data = probs[k, :n]
                 if tp.pooling == "STEP":
-                    data, _ = step_pool(data, ids[k, :n], step_tag_id=tp.step_tag_id, returned_token_ids=returned)
-                with torch.inference_mode():
-                    values = self.head(data).cpu().numpy().astype(np.float32, copy=False)
+                    data, _ = step_pool(data, ids[k, :n], step_tag_id=tp.step_tag_id, returned_token_ids=None)
+                values = data.numpy().astype(np.float32, copy=False)
                 if batch_rows[k] in f.nan_rows:
                     values = np.full_like(values, np.nan)
                 out[j] = values

@@ -171,12 +171,19 @@ def _ragged(arrays: Sequence[NDArray[Any]], value_type: pa.DataType, width: int 
         values: pa.Array = pa.array(flat, type=value_type)
     else:
         flat = (
-            np.concatenate([np.asarray(a, dtype=np_type).reshape(-1, width) for a in arrays]).reshape(-1)
+            np.concatenate([_rows_of(a, np_type, width) for a in arrays]).reshape(-1)
             if arrays
             else np.zeros(0, np_type)
         )
         values = pa.FixedSizeListArray.from_arrays(pa.array(flat, type=value_type), width)
     return pa.ListArray.from_arrays(pa.array(offsets, type=pa.int32()), values)
+
+
+def _rows_of(a: NDArray[Any], np_type: Any, width: int) -> NDArray[Any]:
+    arr = np.asarray(a, dtype=np_type)
+    if arr.size and (arr.ndim != 2 or arr.shape[1] != width):
+        raise ValueError(f"a row of shape {arr.shape} in a column of width {width}")
+    return arr.reshape(-1, width)
 
 
 _ENTITY = pa.struct(

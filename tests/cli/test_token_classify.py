@@ -122,6 +122,8 @@ def test_reward_model_per_token_and_sequence(tmp_path: Path) -> None:
             ref = reference(torch.tensor([ids]))[0].numpy()  # raw rewards [L, 1]: no activation by default
         assert np.abs(np.array(row["probs"]) - ref).max() < 1e-5
         assert abs(seq["score"] - float(ref[-1, 0])) < 1e-5  # the sequence reward is the last token's
+    proc = run_cli("score", src, "--query", "q", "--model", path, "-o", tmp_path / "s.parquet")
+    assert proc.returncode == 64 and "reward model" in proc.stderr
 
 
 def test_process_reward_model_step_pooling(tmp_path: Path) -> None:
@@ -221,6 +223,8 @@ def test_decoder_sequence_classifier_scores_every_token(tmp_path: Path) -> None:
         (["--aggregate", "simple", "--no-activation"], "probabilities"),
         (["--pooling-type", "STEP", "--returned-token-ids", "9"], "not columns"),
         (["--returned-token-ids", "a,b"], "integers"),
+        (["--pooling-type", "STEP", "--returned-token-ids", ","], "empty"),
+        (["--aggregate", "simple", "--pooler-config", '{"logit_sigma": 2.0}'], "uncalibrated"),
     ],
 )
 def test_token_classify_usage_errors(ner: Path, tmp_path: Path, args: list[str], message: str) -> None:
@@ -234,7 +238,7 @@ def test_token_classify_usage_errors(ner: Path, tmp_path: Path, args: list[str],
 def test_token_classify_refuses_models_without_a_token_head(tiny_bert: Path, tmp_path: Path) -> None:
     src = write_jsonl(tmp_path / "in.jsonl", [{"text": "hello"}])
     bert_cls = models.build_classifier(tmp_path / "bert-cls", family="bert", num_labels=2)
-    for model in (tiny_bert, bert_cls):
-        proc = run_cli("token-classify", src, "--model", model, "-o", tmp_path / "o.parquet")
+    for model, extra in ((tiny_bert, []), (bert_cls, []), (bert_cls, ["--convert", "classify"])):
+        proc = run_cli("token-classify", src, "--model", model, "-o", tmp_path / "o.parquet", *extra)
         assert proc.returncode == 64, proc.stderr
         assert "per-token classifier" in proc.stderr
