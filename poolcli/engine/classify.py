@@ -8,7 +8,7 @@ from collections.abc import Callable
 import numpy as np
 
 from poolcli.config import RunConfig
-from poolcli.engine.pipeline import DEFAULT_CPU_BATCH_TOKENS, DEFAULT_GPU_BATCH_TOKENS, BatchLoop
+from poolcli.engine.pipeline import BatchLoop
 from poolcli.engine.plan import ClassifyPlan
 from poolcli.engine.signals import StopFlag
 from poolcli.engine.tokenize import TextEncoder
@@ -43,8 +43,7 @@ class Classifier:
             logit_sigma=cplan.logit_sigma,
         )
         device = self.runner.device.type
-        budget = run.max_batch_tokens or (DEFAULT_GPU_BATCH_TOKENS if device == "cuda" else DEFAULT_CPU_BATCH_TOKENS)
-        self.loop = BatchLoop(budget, run.max_batch_size, device=device, quiet=quiet)
+        self.loop = BatchLoop.for_run(run, device, quiet=quiet)
         self.dim = len(cplan.labels)
         self.batches = 0
         self.padded_tokens = 0

@@ -197,6 +197,12 @@ class BatchLoop:
         self.quiet = quiet
         self.oom_splits = 0
 
+    @classmethod
+    def for_run(cls, run: RunConfig, device: str, *, quiet: bool) -> BatchLoop:
+        """The run's loop: its --max-batch-tokens, or the device's default budget."""
+        budget = run.max_batch_tokens or (DEFAULT_GPU_BATCH_TOKENS if device == "cuda" else DEFAULT_CPU_BATCH_TOKENS)
+        return cls(budget, run.max_batch_size, device=device, quiet=quiet)
+
     def run(
         self,
         lengths: list[int],
@@ -275,10 +281,7 @@ class Embedder:
             skip_prompt_tokens=self.encoder.prompt_tokens,
         )
         self.dim = plan.params.dimensions or plan.embedding_size
-        budget = run.max_batch_tokens or (
-            DEFAULT_GPU_BATCH_TOKENS if self.runner.device.type == "cuda" else DEFAULT_CPU_BATCH_TOKENS
-        )
-        self.loop = BatchLoop(budget, run.max_batch_size, device=self.runner.device.type, quiet=quiet)
+        self.loop = BatchLoop.for_run(run, self.runner.device.type, quiet=quiet)
         self._fp32: ModelRunner | None = None
         self.batches = 0
         self.padded_tokens = 0

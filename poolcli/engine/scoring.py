@@ -21,8 +21,6 @@ from poolcli.config import RunConfig, ScoreOptions
 from poolcli.console import Progress
 from poolcli.engine.identity import fingerprint, weights_digest
 from poolcli.engine.pipeline import (
-    DEFAULT_CPU_BATCH_TOKENS,
-    DEFAULT_GPU_BATCH_TOKENS,
     BatchLoop,
     Embedder,
     Summary,
@@ -45,10 +43,6 @@ if TYPE_CHECKING:
 
 Failed = dict[int, tuple[ErrorCode, str]]
 OnBatch = Callable[[int, int], None]
-
-
-def _budget(run: RunConfig, device: str) -> int:
-    return run.max_batch_tokens or (DEFAULT_GPU_BATCH_TOKENS if device == "cuda" else DEFAULT_CPU_BATCH_TOKENS)
 
 
 class CrossEncoderScorer:
@@ -77,9 +71,7 @@ class CrossEncoderScorer:
             logit_mean=plan.logit_mean,
             logit_sigma=plan.logit_sigma,
         )
-        self.loop = BatchLoop(
-            _budget(run, self.runner.device.type), run.max_batch_size, device=self.runner.device.type, quiet=quiet
-        )
+        self.loop = BatchLoop.for_run(run, self.runner.device.type, quiet=quiet)
         self.batches = 0
         self.padded_tokens = 0
 
@@ -221,9 +213,7 @@ class LateInteractionScorer:
         self.encoder = TextEncoder(plan.embed)
         projector = load_projector(Path(plan.model.root), plan.model.dense)
         self.projector = projector.to(self.runner.device) if projector is not None else None
-        self.loop = BatchLoop(
-            _budget(run, self.runner.device.type), run.max_batch_size, device=self.runner.device.type, quiet=quiet
-        )
+        self.loop = BatchLoop.for_run(run, self.runner.device.type, quiet=quiet)
         self.cache = _TextCache()
         self.batches = 0
         self.padded_tokens = 0
