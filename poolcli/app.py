@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
+import threading
 import traceback
 
 import typer
@@ -52,13 +54,15 @@ def _root(
     """Offline batch work with transformer pooling models."""
 
 
-def main(argv: list[str] | None = None) -> None:
+def run(argv: list[str] | None = None) -> int:
+    """The command line in-process: runs one command and returns its exit code (what `main` exits with)."""
     args = list(sys.argv[1:] if argv is None else argv)
     # --debug may appear anywhere on the line; it only changes how failures are reported.
     debug = "--debug" in args or os.environ.get("POOLCLI_DEBUG") == "1"
     args = [a for a in args if a != "--debug"]
-    # A hang-up of the controlling terminal must not kill a cron or nohup'd batch job.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    if threading.current_thread() is threading.main_thread():
+        # A hang-up of the controlling terminal must not kill a cron or nohup'd batch job.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         # Typer reports usage errors itself and exits 2; sysexits says 64.
         app(args=args, prog_name="poolcli", standalone_mode=True)
@@ -81,4 +85,16 @@ def main(argv: list[str] | None = None) -> None:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         print_error(f"internal error: {type(exc).__name__}: {first}", hint="rerun with --debug for the traceback")
         code = EX_SOFTWARE
-    sys.exit(code if isinstance(code, int) else 0)
+    return code
+
+
+def main(argv: list[str] | None = None) -> None:
+    code = run(argv)
+    if any(t.name.startswith("poolcli-") and t.is_alive() for t in threading.enumerate()):
+        # A reader still blocked in a read that will not return (an idle stdin): finalizing the interpreter under
+        # it can abort the process (exit 134). Everything that matters is committed or cleaned up by now.
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
+    sys.exit(code)

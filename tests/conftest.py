@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -18,14 +19,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_cli(
+def run_cli_process(
     *args: str | Path,
     stdin: bytes | None = None,
     cwd: Path | None = None,
     env: dict[str, str] | None = None,
     timeout: float = 300,
 ) -> subprocess.CompletedProcess[str]:
-    """The real command line, in a subprocess, with stderr not a terminal."""
+    """The real command line in its own process: for what only a process shows (crash points that leave with
+    os._exit, signals, kills, locks, start-up). Everything else runs in-process through `run_cli`."""
     full_env = dict(os.environ, HF_HUB_OFFLINE="1", **(env or {}))
     return subprocess.run(
         [sys.executable, "-m", "poolcli", *map(str, args)],
@@ -38,7 +40,64 @@ def run_cli(
     )
 
 
-def summary_of(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+class CliResult:
+    """What an in-process run of the command line gave: its exit code and what it wrote."""
+
+    def __init__(self, returncode: int, stdout: bytes, stderr: str) -> None:
+        self.returncode = returncode
+        self.stdout_bytes = stdout
+        self.stdout = stdout.decode("utf-8", "replace")
+        self.stderr = stderr
+
+
+def run_cli(
+    *args: str | Path,
+    stdin: bytes | None = None,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float | None = None,
+) -> CliResult:
+    """The real command line (`poolcli.app.run`, what `poolcli` runs), in this process: same parsing, same error
+    mapping, same exit codes, with stdin/stdout/stderr swapped for buffers, `env` and `cwd` applied for the run.
+    Leaves no reader thread behind. (`timeout` is accepted for symmetry with `run_cli_process`.)"""
+    import threading
+
+    from poolcli.app import run
+
+    if "POOLCLI_CRASHPOINT" in (env or {}) or "POOLCLI_CRASHPOINT" in os.environ:
+        raise AssertionError("a crash point leaves with os._exit: use run_cli_process")
+    saved = sys.stdin, sys.stdout, sys.stderr
+    saved_env = {k: os.environ.get(k) for k in (env or {})}
+    saved_cwd = os.getcwd()
+    if cwd is not None:
+        os.chdir(cwd)
+    out, err = io.BytesIO(), io.BytesIO()
+    sys.stdin = io.TextIOWrapper(io.BytesIO(stdin or b""), encoding="utf-8")
+    sys.stdout = io.TextIOWrapper(out, encoding="utf-8", write_through=True)
+    sys.stderr = io.TextIOWrapper(err, encoding="utf-8", errors="backslashreplace", write_through=True)
+    os.environ.update(env or {})
+    try:
+        code = run([str(a) for a in args])
+    finally:
+        for wrapper in (sys.stdin, sys.stdout, sys.stderr):
+            wrapper.flush()
+            wrapper.detach()  # closing the wrapper would close the buffer it holds
+        sys.stdin, sys.stdout, sys.stderr = saved
+        os.chdir(saved_cwd)
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    left = [t.name for t in threading.enumerate() if t.name.startswith("poolcli-") and t.is_alive()]
+    assert not left, f"threads outlived the run: {left}"
+    return CliResult(code, out.getvalue(), err.getvalue().decode("utf-8", "replace"))
+
+
+cli = run_cli
+
+
+def summary_of(proc: subprocess.CompletedProcess[str] | CliResult) -> dict[str, Any]:
     for line in reversed(proc.stderr.strip().splitlines()):
         if line.startswith("{"):
             data = json.loads(line)

@@ -322,7 +322,7 @@ def load_preset(value: str | None) -> tuple[Preset | None, str | None]:
     else:
         res = resources.files("poolcli.configs").joinpath(f"{value}.toml")
         if not res.is_file():
-            raise UsageError(f"unknown preset {value!r}", hint=f"known presets: {', '.join(preset_names())}")
+            raise ConfigError(f"unknown preset {value!r}", hint=f"known presets: {', '.join(preset_names())}")
         text, name = res.read_text(encoding="utf-8"), value
     try:
         return msgspec.toml.decode(text, type=Preset), name

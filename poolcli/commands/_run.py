@@ -142,6 +142,7 @@ def execute(req: RunRequest) -> None:
     model = resolve_model(
         run.model, hf_overrides=run.hf_overrides, convert=run.convert, max_model_len=run.max_model_len
     )
+    check_output_paths(run, [source], model)
     if run.task == "classify":
         runner = _classify_runner(run, model, source)
     elif run.task == "token_classify":
@@ -155,6 +156,25 @@ def execute(req: RunRequest) -> None:
             return run_embed(run, plan, source, progress)
 
     _report(run, model.name, runner)
+
+
+def check_output_paths(run: RunConfig, sources: list[Source], model: ResolvedModel) -> None:
+    """Before anything is written: no output, state or error path of this run may be (or hold) an input; the
+    model's files count as inputs too."""
+    from pathlib import Path
+
+    from poolcli.engine.pipeline import default_errors_path, output_kind
+    from poolcli.io.safety import check_paths
+
+    model_files = [str(p) for p in Path(model.root).rglob("*") if p.is_file()] if model.root else []
+    check_paths(
+        [f for s in sources for f in s.files] + model_files,
+        [r for s in sources for r in s.roots],
+        run.output,
+        output_kind(run.output),
+        default_errors_path(run),
+        default_errors_path(msgspec.structs.replace(run, errors=None)),
+    )
 
 
 def _report(run: RunConfig, model_name: str, runner: Callable[[Progress], Summary]) -> None:
@@ -321,6 +341,7 @@ def _execute_score(run: RunConfig) -> None:
     model = resolve_model(
         run.model, hf_overrides=run.hf_overrides, convert=run.convert, max_model_len=run.max_model_len
     )
+    check_output_paths(run, job.sources, model)
     plan = build_score_plan(run, model)
 
     def runner(progress: Progress) -> Summary:

@@ -35,6 +35,7 @@ from poolcli.io.arrow import EmbedTableBuilder
 from poolcli.io.parts import Layout, PartMarker, PartStore, PartWriter
 from poolcli.io.readers import Source
 from poolcli.io.records import Block, ErrorRow
+from poolcli.io.safety import OutputKind
 from poolcli.io.writers import ErrorFileSink, JsonlStdoutSink, default_output
 from poolcli.vocab import ErrorCode
 
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 DEFAULT_CPU_BATCH_TOKENS = 2048  # measured best for small encoders on a 2-core CPU (docs/performance.md)
 DEFAULT_GPU_BATCH_TOKENS = 65536
 _QUEUE_DEPTH = 2
+_JOIN_SECONDS = 2.0
 
 
 class Summary(msgspec.Struct, kw_only=True):
@@ -105,7 +107,7 @@ class Summary(msgspec.Struct, kw_only=True):
         return d
 
 
-def output_kind(output: str) -> str:
+def output_kind(output: str) -> OutputKind:
     if output == "-":
         return "stdout"
     if output.endswith(("/", os.sep)) or os.path.isdir(output):
@@ -163,6 +165,14 @@ class _Producer(threading.Thread):
             except queue.Full:
                 continue
         return False
+
+    def close(self) -> None:
+        """Stop reading and wait for the thread: a reader (or a native library under it) must not outlive the
+        run, or interpreter shutdown can abort the process. A thread blocked on a read that never returns (an
+        idle stdin) is left to `poolcli.app.main`, which then leaves without finalizing the interpreter."""
+        self.stop.set()
+        if self.is_alive():
+            self.join(timeout=_JOIN_SECONDS)
 
     def items(self) -> Iterator[_Item]:
         while True:
@@ -561,10 +571,12 @@ def _stream(
         committed = errors.commit()
         summary.errors_file = str(committed) if committed else None
     except BaseException:
-        errors.abort()
+        # Rows already streamed are final: the error rows of the same stretch of input are published with them.
+        published = errors.publish_partial()
+        summary.errors_file = str(published) if published else None
         raise
     finally:
-        producer.stop.set()
+        producer.close()
 
 
 def _check_budget(run: RunConfig, summary: Summary, *, final: bool = False) -> None:
@@ -647,6 +659,10 @@ def _parts(
             current.tokens += window.tokens
             current.truncated += window.truncated
             position = item.position
+            if current.rows_in == part_rows:
+                # Complete: commit now rather than when the next block arrives, which may be an input error.
+                commit(current)
+                current = None
             stop.check()
         if current is not None:
             commit(current)
@@ -668,4 +684,4 @@ def _parts(
     finally:
         if current is not None:
             current.abort()
-        producer.stop.set()
+        producer.close()

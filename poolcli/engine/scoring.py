@@ -545,7 +545,9 @@ def run_score(
                     committed = errors_sink.commit()
                     summary.errors_file = str(committed) if committed else None
                 except BaseException:
-                    errors_sink.abort()
+                    # Rows already streamed are final; so are the error rows of the same stretch of input.
+                    published = errors_sink.publish_partial()
+                    summary.errors_file = str(published) if published else None
                     raise
             else:
                 layout = Layout.for_output(run.output, "dir" if kind == "dir" else "file")

@@ -44,6 +44,28 @@ class InputSpec(msgspec.Struct, frozen=True):
     keep_columns: tuple[str, ...] = ()
 
 
+class BadUtf8(msgspec.Struct, frozen=True):
+    """A value whose bytes are not valid UTF-8, found by a reader; the row it belongs to becomes an error row."""
+
+    reason: str
+
+
+def _checked_str(value: str) -> str | BadUtf8:
+    """A field decoded with `surrogateescape`: lone surrogates stand for the bytes that were not UTF-8."""
+    if value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = value.encode("utf-8", "surrogateescape")
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return BadUtf8(f"{exc.reason} at byte {exc.start}")
+        return BadUtf8("lone surrogate")  # pragma: no cover - surrogateescape only makes decodable surrogates
+    return value
+
+
 class _RowSink:
     """Validates one row's fields and files it into the current block or its error list."""
 
@@ -66,6 +88,9 @@ class _RowSink:
             rid = row
         elif rid is _MISSING or rid is None:
             return self.error(row, None, "MISSING_FIELD", f"id field {self.id_field!r} is missing", source, line)
+        elif isinstance(rid, BadUtf8):
+            message = f"id field {self.id_field!r} is not valid UTF-8 ({rid.reason})"
+            return self.error(row, None, "INVALID_UTF8", message, source, line)
         else:
             if (
                 isinstance(rid, bool)
@@ -98,14 +123,10 @@ class _RowSink:
             try:
                 text = text.decode("utf-8")
             except UnicodeDecodeError as exc:
-                return self.error(
-                    row,
-                    rid,
-                    "INVALID_UTF8",
-                    f"text is not valid UTF-8 ({exc.reason} at byte {exc.start})",
-                    source,
-                    line,
-                )
+                text = BadUtf8(f"{exc.reason} at byte {exc.start}")
+        if isinstance(text, BadUtf8):
+            message = f"text field {field!r} is not valid UTF-8 ({text.reason})"
+            return self.error(row, rid, "INVALID_UTF8", message, source, line)
         if not isinstance(text, str):
             return self.error(
                 row,
@@ -117,6 +138,11 @@ class _RowSink:
             )
         if not text.strip():
             return self.error(row, rid, "EMPTY_TEXT", f"text field {field!r} is empty", source, line)
+        for col in self.spec.keep_columns:
+            value = keep.get(col)
+            if isinstance(value, BadUtf8):
+                message = f"kept column {col!r} is not valid UTF-8 ({value.reason})"
+                return self.error(row, rid, "INVALID_UTF8", message, source, line)
         b = self.block
         b.n_rows += 1
         b.rows.append(row)
@@ -134,12 +160,16 @@ class _RowSink:
 
 
 class Source:
-    """An input: `blocks(n)` yields blocks of n input rows (the last may be shorter)."""
+    """An input: `blocks(n)` yields blocks of n input rows (the last may be shorter).
 
-    def __init__(self, spec: InputSpec, fmt: InputFormat, files: list[str]) -> None:
+    `files` are the files read, in order; `roots` the directories they were found in (a directory input), so
+    the output can be kept out of them."""
+
+    def __init__(self, spec: InputSpec, fmt: InputFormat, files: list[str], roots: tuple[str, ...] = ()) -> None:
         self.spec = spec
         self.format = fmt
         self.files = files
+        self.roots = roots
         self.done = 0
         self.total: int | None = None
 
@@ -169,66 +199,42 @@ class Source:
         if sink.block.n_rows:
             yield sink.take()
 
-    # Each row generator files rows into `sink` and yields once per row so `blocks` can cut.
+    # Each row generator files every input row into `sink` (good or bad, each counted once, each bound to its own
+    # id there and then) and yields once per row so `blocks` can cut.
 
     def _jsonl_rows(self, sink: _RowSink) -> Iterator[None]:
         decoder = msgspec.json.Decoder()
         row = 0
         id_decided = self.spec.id_field is not None
         field = self.spec.text_field
+        self.total = self._total_bytes()
         for path in self.files:
             source = "<stdin>" if path == "-" else path
             with _open_binary(path) as (stream, position):
-                self.total = self._total_bytes()
                 for line_no, raw in _lines(stream, source):
                     if not raw.strip():
                         continue  # blank lines are not rows
                     self.done = position()
+                    problem: tuple[ErrorCode, str] | None = None
+                    obj: Any = None
                     try:
-                        text_line = raw.decode("utf-8")
+                        obj = decoder.decode(raw.decode("utf-8"))
                     except UnicodeDecodeError as exc:
-                        sink.error(
-                            row,
-                            row if sink.id_field is None else None,
-                            "INVALID_UTF8",
-                            f"line is not valid UTF-8 ({exc.reason} at byte {exc.start})",
-                            source,
-                            line_no,
-                        )
-                        row += 1
-                        yield
-                        continue
-                    try:
-                        obj = decoder.decode(text_line)
+                        problem = "INVALID_UTF8", f"line is not valid UTF-8 ({exc.reason} at byte {exc.start})"
                     except msgspec.DecodeError as exc:
-                        sink.error(
-                            row,
-                            row if sink.id_field is None else None,
-                            "INVALID_JSON",
-                            f"invalid JSON: {exc}",
-                            source,
-                            line_no,
-                        )
-                        row += 1
-                        yield
-                        continue
-                    if not isinstance(obj, dict):
-                        sink.error(
-                            row,
-                            row if sink.id_field is None else None,
-                            "NOT_OBJECT",
-                            f"expected a JSON object, got {_json_kind(obj)}",
-                            source,
-                            line_no,
-                        )
-                        row += 1
-                        yield
-                        continue
-                    if not id_decided:
-                        sink.id_field = "id" if "id" in obj else None
-                        id_decided = True
-                    rid = obj.get(sink.id_field, _MISSING) if sink.id_field is not None else None
-                    sink.add(row, rid, obj.get(field, _MISSING), obj, source, line_no)
+                        problem = "INVALID_JSON", f"invalid JSON: {exc}"
+                    except RecursionError:
+                        problem = "INVALID_JSON", "invalid JSON: nested too deeply"
+                    if problem is None and not isinstance(obj, dict):
+                        problem = "NOT_OBJECT", f"expected a JSON object, got {_json_kind(obj)}"
+                    if problem is not None:
+                        sink.error(row, row if sink.id_field is None else None, *problem, source, line_no)
+                    else:
+                        if not id_decided:
+                            sink.id_field = "id" if "id" in obj else None
+                            id_decided = True
+                        rid = obj.get(sink.id_field, _MISSING) if sink.id_field is not None else None
+                        sink.add(row, rid, obj.get(field, _MISSING), obj, source, line_no)
                     row += 1
                     yield
 
@@ -240,10 +246,10 @@ class Source:
     def _txt_rows(self, sink: _RowSink) -> Iterator[None]:
         row = 0
         sink.id_field = None
+        self.total = self._total_bytes()
         for path in self.files:
             source = "<stdin>" if path == "-" else path
             with _open_binary(path) as (stream, position):
-                self.total = self._total_bytes()
                 for line_no, raw in _lines(stream, source):
                     self.done = position()
                     sink.add(row, None, raw.rstrip(b"\r\n"), {}, source, line_no)
@@ -251,18 +257,24 @@ class Source:
                     yield
 
     def check_columns(self) -> None:
-        """Columnar inputs: a missing column is a whole-input error, found before any model is loaded."""
+        """Columnar inputs: a missing, ambiguous or mistyped column is a whole-input error, found in every file
+        before any model is loaded. Decides the id field (`id` when the first file has it) for all files."""
         if self.format == "parquet":
-            import pyarrow.parquet as pq
-
+            total = 0
             for f in self.files:
-                try:
-                    names = pq.read_schema(f).names
-                except Exception as exc:  # pyarrow raises ArrowInvalid / OSError for a broken file
-                    raise DataError(f"{f}: not a readable Parquet file ({exc})".splitlines()[0]) from None
-                id_field = self.spec.id_field
-                spec = InputSpec(self.spec.path, self.spec.text_field, id_field, self.spec.keep_columns)
-                Source(spec, "parquet", [f])._columns_needed(names, f)
+                schema, rows = _parquet_schema(f)
+                total += rows
+                if self.spec.id_field is None and f == self.files[0] and "id" in schema.names:
+                    self.spec = msgspec.structs.replace(self.spec, id_field="id")
+                self._columns_needed(schema.names, f)
+                _check_text_type(schema, self.spec.text_field, f)
+            self.total = total
+        elif self.format in ("csv", "tsv"):
+            for f in self.files:
+                header = _csv_header(f, self.format)
+                if self.spec.id_field is None and f == self.files[0] and "id" in header:
+                    self.spec = msgspec.structs.replace(self.spec, id_field="id")
+                self._columns_needed(header, f)
 
     def _columns_needed(self, names: list[str], source: str) -> list[str]:
         spec = self.spec
@@ -281,133 +293,197 @@ class Source:
                 raise DataError(f"{source} has no column {col!r} to keep (columns: {', '.join(names)})")
             if col not in needed:
                 needed.append(col)
+        for col in needed:
+            if names.count(col) > 1:
+                raise DataError(
+                    f"{source} has {names.count(col)} columns named {col!r}; poolcli cannot tell which one to read",
+                    hint="rename the duplicates",
+                )
         return needed
 
     def _parquet_rows(self, sink: _RowSink) -> Iterator[None]:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        if self.spec.id_field is None:
-            first = pq.read_schema(self.files[0])
-            sink.id_field = "id" if "id" in first.names else None
-        spec = InputSpec(self.spec.path, self.spec.text_field, sink.id_field, self.spec.keep_columns)
-        files = [pq.ParquetFile(f) for f in self.files]
-        self.total = sum(f.metadata.num_rows for f in files)
+        spec = self.spec
+        sink.id_field = spec.id_field
         row = 0
-        for path, pf in zip(self.files, files, strict=True):
-            schema = pf.schema_arrow
-            cols = Source(spec, "parquet", [path])._columns_needed(schema.names, path)
-            text_type = schema.field(spec.text_field).type
-            if pa.types.is_dictionary(text_type):
-                text_type = text_type.value_type
-            if not (
-                pa.types.is_string_view(text_type)
-                or pa.types.is_string(text_type)
-                or pa.types.is_large_string(text_type)
-                or pa.types.is_binary(text_type)
-                or pa.types.is_large_binary(text_type)
-            ):
-                raise DataError(f"{path}: column {spec.text_field!r} is {text_type}, not a string column")
-            for batch in pf.iter_batches(batch_size=8192, columns=cols):
-                data = {name: _plain(batch.column(name)).to_pylist() for name in cols}
-                texts = data[spec.text_field]
-                ids = data[sink.id_field] if sink.id_field is not None else None
-                for i in range(batch.num_rows):
-                    keep = {c: data[c][i] for c in spec.keep_columns}
-                    sink.add(row, ids[i] if ids is not None else None, texts[i], keep, path, None)
-                    row += 1
-                    self.done = row
-                    yield
-
-    def _csv_rows(self, sink: _RowSink) -> Iterator[None]:
-        import pyarrow as pa
-        import pyarrow.csv as pacsv
-
-        # TSV has no quoting: a '"' is text and a row ends at the newline. CSV follows RFC 4180.
-        tsv = self.format == "tsv"
-        row = 0
-        self.total = self._total_bytes()
         for path in self.files:
-            bad_rows: list[str] = []
-
-            def on_invalid(invalid: Any, bad_rows: list[str] = bad_rows) -> str:
-                bad_rows.append(f"expected {invalid.expected_columns} fields, got {invalid.actual_columns}")
-                return "skip"
-
-            parse = pacsv.ParseOptions(
-                delimiter="\t" if tsv else ",",
-                quote_char=False if tsv else '"',
-                newlines_in_values=not tsv,
-                invalid_row_handler=on_invalid,
-            )
-            try:
-                with open(path, "rb") as probe:
-                    header = pacsv.open_csv(
-                        probe, parse_options=parse, read_options=pacsv.ReadOptions(block_size=1 << 16)
-                    ).schema.names
-            except pa.ArrowInvalid as exc:
-                raise DataError(f"{path}: cannot read a header row ({exc})") from None
-            bad_rows.clear()  # the probe parsed the first block too; the real pass reports its bad rows
-            if self.spec.id_field is None:
-                sink.id_field = "id" if "id" in header else None
-            spec = InputSpec(self.spec.path, self.spec.text_field, sink.id_field, self.spec.keep_columns)
-            cols = Source(spec, self.format, [path])._columns_needed(header, path)
-            # Text is read as bytes so invalid UTF-8 costs one row; everything else stays a string, so a
-            # column's type never changes halfway through a file.
-            types = {c: pa.string() for c in header}
-            types[spec.text_field] = pa.binary()
-            with open(path, "rb") as fh:
+            with open_input(path) as fh:
                 try:
-                    reader = pacsv.open_csv(
-                        fh,
-                        parse_options=parse,
-                        read_options=pacsv.ReadOptions(block_size=1 << 20),
-                        convert_options=pacsv.ConvertOptions(
-                            column_types=types,
-                            include_columns=cols,
-                            strings_can_be_null=False,
-                            quoted_strings_can_be_null=False,
-                        ),
-                    )
-                    batches = iter(reader)
+                    pf = pq.ParquetFile(fh)
+                except (OSError, ValueError, pa.ArrowException) as exc:
+                    raise DataError(_first_line(f"{path}: not a readable Parquet file ({exc})")) from None
+                cols = self._columns_needed(pf.schema_arrow.names, path)
+                for rg in range(pf.num_row_groups):
+                    batches = pf.iter_batches(batch_size=8192, row_groups=[rg], columns=cols)
                     while True:
                         try:
                             batch = next(batches)
                         except StopIteration:
                             break
-                        self.done = fh.tell()
-                        # Rows the parser rejected in this block: one error row each, ahead of the block's rows.
-                        for message in bad_rows:
-                            sink.error(
-                                row, row if sink.id_field is None else None, "MALFORMED_ROW", message, path, None
-                            )
-                            row += 1
-                            yield
-                        bad_rows.clear()
-                        data = {name: batch.column(name).to_pylist() for name in cols}
-                        ids = data[sink.id_field] if sink.id_field is not None else None
+                        except (OSError, ValueError, pa.ArrowException) as exc:
+                            raise DataError(
+                                _first_line(f"{path}: row group {rg} cannot be read ({exc})"),
+                                hint="the file is damaged; the rows before it are committed",
+                            ) from None
+                        data = {name: _column_values(batch.column(name)) for name in cols}
+                        texts = data[spec.text_field]
+                        ids = data[spec.id_field] if spec.id_field is not None else None
                         for i in range(batch.num_rows):
                             keep = {c: data[c][i] for c in spec.keep_columns}
-                            sink.add(
-                                row, ids[i] if ids is not None else None, data[spec.text_field][i], keep, path, None
-                            )
+                            sink.add(row, ids[i] if ids is not None else None, texts[i], keep, path, None)
                             row += 1
+                            self.done = row
                             yield
-                    for message in bad_rows:
-                        sink.error(row, row if sink.id_field is None else None, "MALFORMED_ROW", message, path, None)
-                        row += 1
-                        yield
-                except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-                    raise DataError(f"{path}: {exc}".splitlines()[0]) from None
+
+    def _csv_rows(self, sink: _RowSink) -> Iterator[None]:
+        """CSV (RFC 4180 quoting, newlines inside quoted values) or TSV (no quoting: a row ends at the newline).
+
+        Every record after the header is one row, whatever is wrong with it; values are strings, and one that is
+        not valid UTF-8 costs only its row."""
+        spec = self.spec
+        sink.id_field = spec.id_field
+        row = 0
+        self.total = self._total_bytes()
+        for path in self.files:
+            with _open_binary(path) as (stream, position):
+                records = _csv_records(stream, self.format)
+                header = next(records, None)
+                if header is None:
+                    raise DataError(f"{path}: empty file, no header row")
+                names = header[2]
+                width = len(names)
+                needed = self._columns_needed(names, path)
+                at = {name: names.index(name) for name in needed}
+                text_at = at[spec.text_field]
+                id_at = at[spec.id_field] if spec.id_field is not None else None
+                for line, last_line, fields, problem in records:
+                    self.done = position()
+                    if problem is None and len(fields) != width:
+                        problem = f"expected {_fields(width)}, got {len(fields)}"
+                        if last_line > line:
+                            problem += f" (lines {line}-{last_line}: a quote left open joins them)"
+                    if problem is not None:
+                        sink.error(row, row if sink.id_field is None else None, "MALFORMED_ROW", problem, path, line)
+                    else:
+                        rid = _checked_str(fields[id_at]) if id_at is not None else None
+                        keep = {c: _checked_str(fields[at[c]]) for c in spec.keep_columns}
+                        sink.add(row, rid, _checked_str(fields[text_at]), keep, path, line)
+                    row += 1
+                    yield
 
 
-def _plain(column: Any) -> Any:
-    """Dictionary-encoded columns (pandas categories) read as their values."""
+_csv_limit_raised = False
+
+
+def _csv_records(stream: IO[bytes], fmt: InputFormat) -> Iterator[tuple[int, int, list[str], str | None]]:
+    """(first line, last line, fields, problem) per record; the first is the header (BOM removed). Blank lines
+    are skipped: they are not records.
+
+    Values are decoded with `surrogateescape`, so a byte that is not UTF-8 stays in its field (checked per value)
+    instead of failing the file."""
+    import csv
+
+    global _csv_limit_raised
+    if not _csv_limit_raised:
+        # One field may be a whole document; the default limit (128 KiB) would fail such rows.
+        csv.field_size_limit(2**31 - 1)
+        _csv_limit_raised = True
+    text = io.TextIOWrapper(stream, encoding="utf-8", errors="surrogateescape", newline="")
+    if fmt == "tsv":
+        reader = csv.reader(text, delimiter="\t", quoting=csv.QUOTE_NONE, strict=False)
+    else:
+        reader = csv.reader(text, delimiter=",", quotechar='"', doublequote=True, strict=False)
+    first = True
+    try:
+        while True:
+            line = reader.line_num + 1
+            problem: str | None = None
+            try:
+                fields = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                fields, problem = [], f"cannot parse the record: {exc}"
+            if not fields and problem is None:
+                continue
+            if first:
+                first = False
+                fields[0] = fields[0].removeprefix("\ufeff")
+            yield line, reader.line_num, fields, problem
+    finally:
+        text.detach()  # the caller owns the byte stream
+
+
+def _csv_header(path: str, fmt: InputFormat) -> list[str]:
+    with _open_binary(path) as (stream, _):
+        first = next(_csv_records(stream, fmt), None)
+    if first is None:
+        raise DataError(f"{path}: empty file, no header row")
+    return first[2]
+
+
+def _parquet_schema(path: str) -> tuple[Any, int]:
+    """The Arrow schema and row count of one Parquet file (its footer only)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with open_input(path) as fh:
+        try:
+            meta = pq.read_metadata(fh)
+            return meta.schema.to_arrow_schema(), meta.num_rows
+        except (OSError, ValueError, pa.ArrowException) as exc:
+            raise DataError(_first_line(f"{path}: not a readable Parquet file ({exc})")) from None
+
+
+def _check_text_type(schema: Any, field: str, path: str) -> None:
+    import pyarrow as pa
+
+    text_type = schema.field(field).type
+    if pa.types.is_dictionary(text_type):
+        text_type = text_type.value_type
+    if not (
+        pa.types.is_string_view(text_type)
+        or pa.types.is_string(text_type)
+        or pa.types.is_large_string(text_type)
+        or pa.types.is_binary(text_type)
+        or pa.types.is_large_binary(text_type)
+    ):
+        raise DataError(f"{path}: column {field!r} is {text_type}, not a string column")
+
+
+def _column_values(column: Any) -> list[Any]:
+    """A column as Python values; dictionary-encoded columns (pandas categories) read as their values, and a
+    string column holding bytes that are not UTF-8 gives `BadUtf8` for those values instead of failing the batch."""
     import pyarrow as pa
 
     if pa.types.is_dictionary(column.type):
-        return column.dictionary_decode()
-    return column
+        column = column.dictionary_decode()
+    try:
+        return list(column.to_pylist())
+    except UnicodeDecodeError:
+        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            raise
+        binary = column.view(pa.binary() if pa.types.is_string(column.type) else pa.large_binary())
+        out: list[Any] = []
+        for raw in binary.to_pylist():
+            if raw is None:
+                out.append(None)
+                continue
+            try:
+                out.append(raw.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                out.append(BadUtf8(f"{exc.reason} at byte {exc.start}"))
+        return out
+
+
+def _fields(n: int) -> str:
+    return "1 field" if n == 1 else f"{n} fields"
+
+
+def _first_line(message: str) -> str:
+    return message.splitlines()[0]
 
 
 def _lines(stream: IO[bytes], source: str) -> Iterator[tuple[int, bytes]]:
@@ -441,6 +517,15 @@ def _json_kind(obj: Any) -> str:
     return f"a {type(obj).__name__}"
 
 
+def open_input(path: str) -> IO[bytes]:
+    """Open one input file for reading; any failure to open it (missing, unreadable, a directory) is exit 66,
+    whatever the format."""
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise NoInputError(f"cannot open {path}: {exc.strerror or exc}") from None
+
+
 class _open_binary:
     """Context manager giving a line-iterable binary stream and a function returning bytes consumed so far."""
 
@@ -452,10 +537,7 @@ class _open_binary:
     def __enter__(self) -> tuple[IO[bytes], Callable[[], int]]:
         if self.path == "-":
             return sys.stdin.buffer, lambda: 0
-        try:
-            raw = open(self.path, "rb")
-        except OSError as exc:
-            raise NoInputError(f"cannot open {self.path}: {exc.strerror}") from None
+        raw = open_input(self.path)
         self.raw = raw
         if self.path.endswith(".gz"):
             self.stream = gzip.GzipFile(fileobj=raw, mode="rb")
@@ -463,6 +545,7 @@ class _open_binary:
             try:
                 import zstandard
             except ImportError:
+                raw.close()
                 raise UsageError(
                     f"{self.path}: reading .zst needs the zstandard package",
                     hint="pip install 'poolcli[zstd]'",
@@ -488,10 +571,14 @@ def _format_of(path: str) -> InputFormat | None:
 
 
 def open_source(spec: InputSpec) -> Source:
-    """Find the files behind `spec.path` and their format; whole-input problems raise here, before any work."""
+    """Find the files behind `spec.path` and their format; whole-input problems raise here, before any work.
+
+    A path that exists is that file or directory, even if its name has glob characters (`in[1].jsonl`); only a
+    path that does not exist is expanded as a glob."""
     path = spec.path
     if path == "-":
         return Source(spec, "jsonl", ["-"])
+    roots: tuple[str, ...] = ()
     if os.path.isdir(path):
         files = sorted(
             str(p)
@@ -500,15 +587,19 @@ def open_source(spec: InputSpec) -> Source:
         )
         if not files:
             raise NoInputError(f"directory {path} holds no .parquet files")
-        return Source(spec, "parquet", files)
-    if any(ch in path for ch in "*?["):
-        files = sorted(glob.glob(path, recursive=True))
+        source = Source(spec, "parquet", files, roots=(path,))
+        source.check_columns()
+        return source
+    if os.path.lexists(path):
+        if not os.path.exists(path):
+            raise NoInputError(f"input {path} is a broken symbolic link")
+        files = [path]
+    elif any(ch in path for ch in "*?["):
+        files = sorted(f for f in glob.glob(path, recursive=True) if os.path.isfile(f))
         if not files:
             raise NoInputError(f"no file matches {path!r}")
     else:
-        if not os.path.exists(path):
-            raise NoInputError(f"input {path} does not exist")
-        files = [path]
+        raise NoInputError(f"input {path} does not exist")
     formats = {_format_of(f) for f in files}
     if len(formats) != 1 or None in formats:
         raise UsageError(
@@ -519,7 +610,7 @@ def open_source(spec: InputSpec) -> Source:
     assert fmt is not None
     if fmt != "jsonl" and fmt != "txt" and any(f.endswith((".gz", ".zst")) for f in files):
         raise UsageError(f"{path}: only JSONL and TXT inputs may be compressed")
-    source = Source(spec, fmt, files)
+    source = Source(spec, fmt, files, roots=roots)
     source.check_columns()
     return source
 
@@ -527,19 +618,15 @@ def open_source(spec: InputSpec) -> Source:
 def peek_columns(source: Source) -> list[str]:
     """The input's column names: the Parquet schema, the CSV/TSV header, or the first JSONL object's keys."""
     if source.format == "parquet":
-        import pyarrow.parquet as pq
-
-        return list(pq.read_schema(source.files[0]).names)
+        return list(_parquet_schema(source.files[0])[0].names)
     if source.format in ("csv", "tsv"):
-        with open(source.files[0], "rb") as fh:
-            first = fh.readline().decode("utf-8", "replace").removeprefix("\ufeff").rstrip("\r\n")
-        return [c.strip('"') for c in first.split("\t" if source.format == "tsv" else ",")]
+        return _csv_header(source.files[0], source.format)
     if source.format == "jsonl" and source.files != ["-"]:
         with _open_binary(source.files[0]) as (stream, _):
             for _, raw in _lines(stream, source.files[0]):
                 try:
                     obj = msgspec.json.decode(raw)
-                except msgspec.DecodeError:
+                except (msgspec.DecodeError, RecursionError):
                     continue
                 if isinstance(obj, dict):
                     return list(obj)

@@ -133,6 +133,16 @@ class ErrorFileSink:
         with contextlib.suppress(FileNotFoundError):
             self.staged.unlink()
 
+    def publish_partial(self) -> Path | None:
+        """A streamed run that stops: commit the error rows written so far (if any), else leave nothing."""
+        if self._fh is None:
+            return None
+        try:
+            return self.commit()
+        except (CantCreateError, OutputIOError):
+            self.abort()
+            return None
+
 
 def default_output(input_path: str, task: str) -> str:
     """`<input stem>.<task>.parquet` beside the input; only the compression and format suffixes are dropped, so

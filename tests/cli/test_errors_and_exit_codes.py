@@ -136,7 +136,7 @@ def test_missing_text_column_in_parquet(tmp_path: Path) -> None:
 
 
 def test_unknown_preset(one_row: Path) -> None:
-    line = _one_line_error(run_cli("embed", one_row, "--config", "nonexistent"), 64)
+    line = _one_line_error(run_cli("embed", one_row, "--config", "nonexistent"), 78)
     assert "e5" in line  # the known presets are listed
 
 
@@ -148,3 +148,34 @@ def test_bad_truncate_prompt_tokens(one_row: Path) -> None:
 def test_output_in_unwritable_place(one_row: Path) -> None:
     line = _one_line_error(run_cli("embed", one_row, "-o", "/proc/poolcli/out.parquet"), 73)
     assert "/proc/poolcli" in line
+
+
+def test_stop_with_stdin_still_open_exits_cleanly(tmp_path: Path) -> None:
+    """--strict stops at a bad first row while the producer is still blocked reading an open stdin: the process
+    must exit 65 promptly (not hang, not abort with 134), and the streamed run's error row is published."""
+    import subprocess
+    import sys
+    import time
+
+    errs = tmp_path / "errs.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "poolcli", "embed", "-", "-o", "-", "--strict", "--window-rows", "1", "--errors", errs],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(b'{"text": ""}\n')
+    proc.stdin.flush()  # and the pipe stays open
+    started = time.monotonic()
+    try:
+        code = proc.wait(timeout=120)
+    finally:
+        proc.kill()
+        proc.stdin.close()
+    stderr = proc.stderr.read().decode() if proc.stderr else ""
+    assert code == 65, stderr
+    assert "Traceback" not in stderr and "Fatal Python error" not in stderr
+    assert time.monotonic() - started < 120
+    rows = [json.loads(line) for line in errs.read_text().splitlines()]
+    assert [(r["row"], r["code"]) for r in rows] == [(0, "EMPTY_TEXT")]

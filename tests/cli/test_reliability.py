@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from poolcli.faults import CRASH_POINTS
-from tests.conftest import run_cli, summary_of
+from tests.conftest import run_cli, run_cli_process, summary_of
 
 N_ROWS = 90
 BAD = {7: b'{"id": "r007", "text": ', 23: b"[1, 2, 3]", 41: b'{"id": "r041", "text": ""}', 66: b'{"id": "r066"}'}
@@ -160,7 +160,7 @@ def test_crash_points_converge(tmp_path: Path, src: Path, tiny_bert: Path, ref: 
     out = tmp_path / ("out.parquet" if single_file else "out")
     target = str(out) if single_file else f"{out}/"
     nth = "1" if point in ("mid_manifest", "before_success", "after_assemble") else "3"
-    crashed = run_cli(*_cmd(src, target, tiny_bert), env={"POOLCLI_CRASHPOINT": f"{point}:{nth}"})
+    crashed = run_cli_process(*_cmd(src, target, tiny_bert), env={"POOLCLI_CRASHPOINT": f"{point}:{nth}"})
     assert crashed.returncode == 137, crashed.stderr
     if out.is_dir():
         assert not (out / "_SUCCESS").exists()
@@ -175,7 +175,9 @@ def test_broken_commit_order_is_caught(tmp_path: Path, src: Path, tiny_bert: Pat
     naive implementation would), a crash between the two leaves a resume that does not converge."""
     out = tmp_path / "out"
     broken = {"POOLCLI_BREAK_COMMIT_ORDER": "1"}
-    crashed = run_cli(*_cmd(src, f"{out}/", tiny_bert), env={**broken, "POOLCLI_CRASHPOINT": "after_replace_err:3"})
+    crashed = run_cli_process(
+        *_cmd(src, f"{out}/", tiny_bert), env={**broken, "POOLCLI_CRASHPOINT": "after_replace_err:3"}
+    )
     assert crashed.returncode == 137
     resumed = run_cli(*_cmd(src, f"{out}/", tiny_bert), env=broken)
     try:
@@ -389,7 +391,7 @@ def test_marker_and_part_consistency_recomputes_only_that_part(
 ) -> None:
     out = tmp_path / "out"
     args = [a for a in _cmd(src, f"{out}/", tiny_bert) if a != "--quiet"]
-    assert run_cli(*args, env={"POOLCLI_CRASHPOINT": "mid_manifest:1"}).returncode == 137
+    assert run_cli_process(*args, env={"POOLCLI_CRASHPOINT": "mid_manifest:1"}).returncode == 137
     state = out / ".poolcli" / "done"
     cases = [
         lambda: (out / "part-00003.parquet").unlink(),  # a marker without its part
@@ -463,7 +465,7 @@ def test_overwrite_resumes_a_matching_unfinished_run(
 ) -> None:
     out = tmp_path / "out"
     args = [a for a in _cmd(src, f"{out}/", tiny_bert) if a != "--quiet"]
-    assert run_cli(*args, env={"POOLCLI_CRASHPOINT": "after_marker:4"}).returncode == 137
+    assert run_cli_process(*args, env={"POOLCLI_CRASHPOINT": "after_marker:4"}).returncode == 137
     proc = run_cli(*args, "--overwrite")
     assert proc.returncode == 0, proc.stderr
     assert summary_of(proc)["parts_skipped"] == 4

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests import models
-from tests.conftest import run_cli, summary_of, write_jsonl
+from tests.conftest import run_cli, run_cli_process, summary_of, write_jsonl
 
 DOCS = [
     "paris is the capital of france",
@@ -137,7 +137,7 @@ def test_rerank_resumes_after_a_crash_with_the_same_bytes(tiny_ce: Path, tmp_pat
     clean, crashed = tmp_path / "clean", tmp_path / "crashed"
     # part_rows 12 pairs = 2 queries of 6 documents per part: 4 parts, in dataset directories.
     assert run_cli("rerank", src, "-m", tiny_ce, "-o", f"{clean}/", "--part-rows", "12").returncode == 0
-    proc = run_cli(
+    proc = run_cli_process(
         "rerank",
         src,
         "-m",

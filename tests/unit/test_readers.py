@@ -99,7 +99,7 @@ def test_tsv_has_no_quoting_and_csv_bad_rows_are_error_rows(tmp_path: Path) -> N
     blocks = list(open_source(InputSpec(str(csv))).blocks(100))
     assert [i for b in blocks for i in b.ids] == ["1", "3"]
     errors = [e for b in blocks for e in b.errors]
-    assert [(e.row, e.code) for e in errors] == [(0, "MALFORMED_ROW")]
+    assert [(e.row, e.line, e.code) for e in errors] == [(1, 3, "MALFORMED_ROW")]
     assert sum(b.n_rows for b in blocks) == 3
 
 
