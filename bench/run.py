@@ -66,77 +66,70 @@ def stage_st(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def stage_poolcli(args: argparse.Namespace) -> dict[str, Any]:
-    from poolcli.config import RunConfig
-    from poolcli.console import NullProgress
-    from poolcli.engine.pipeline import run_embed
-    from poolcli.engine.plan import build_plan
-    from poolcli.engine.resolve import resolve_model
-    from poolcli.faults import Faults
-    from poolcli.io.readers import InputSpec, open_source
+    """`poolcli embed` on the corpus, through `poolcli.run_file` (exactly what the command runs)."""
+    import poolcli
 
-    out = Path(args.out)
-    run = RunConfig(
-        task="embed",
-        inputs=(args.corpus,),
-        output=str(out),
-        errors=None,
-        model=None,
+    summary = poolcli.run_file(
+        "embed",
+        args.corpus,
+        str(Path(args.out)),
         dtype=args.dtype,
         overwrite=True,
-        quiet=True,
-        max_batch_tokens=args.max_batch_tokens,
+        max_batch_tokens=args.max_batch_tokens or "auto",
+        verbose=True,
     )
-    plan = build_plan(run, resolve_model(None), "embed")
-    source = open_source(InputSpec(args.corpus))
-    summary = run_embed(run, plan, source, NullProgress(), Faults())
-    seconds = summary.seconds - summary.load_seconds
     return {
-        "seconds": seconds,
-        "rows": summary.rows_out,
-        "tokens": summary.tokens,
-        "padding_ratio": summary.as_dict()["padding_ratio"],
-        "batches": summary.batches,
-        "load_seconds": summary.load_seconds,
+        "seconds": summary["seconds"] - summary["load_seconds"],
+        "rows": summary["rows_out"],
+        "tokens": summary["tokens"],
+        "padding_ratio": summary["padding_ratio"],
+        "batches": summary["batches"],
+        "load_seconds": summary["load_seconds"],
     }
+
+
+def _engine(task: str, args: argparse.Namespace, model: str | None, job: Any = None) -> Any:
+    """A loaded task engine with the run's options, as the local driver builds it."""
+    from poolcli.engine.tasks import build_engine
+    from poolcli.model.load import Loader
+    from poolcli.model.resolve import resolve_model
+    from poolcli.request import Request, build
+
+    configs = build(Request(task=task, model=model, dtype=args.dtype, max_batch_tokens=args.max_batch_tokens or "auto"))
+    resolved = resolve_model(model)
+    loader = Loader(resolved, device="cpu", dtype=configs.engine.dtype, trust_remote_code=False)
+    engine = build_engine(task, resolved, loader, configs.engine, configs.plan, configs.options, job=job)
+    engine.load()
+    return engine
+
+
+def _batches(engine: Any, encoded: list[Any]) -> list[Any]:
+    """poolcli's own batches (length-sorted under the token budget) of already tokenized rows."""
+    from poolcli.engine.batch import collate
+    from poolcli.engine.scheduler import cut_batches
+
+    t = engine.template
+    return [
+        collate([encoded[j] for j in b], t.pad_id)
+        for b in cut_batches([len(e.ids) for e in encoded], max_tokens=t.budget, max_rows=t.max_rows)
+    ]
 
 
 def stage_forward(args: argparse.Namespace) -> dict[str, Any]:
     """The model alone on poolcli's own batches: the ceiling for its batching."""
     import torch
 
-    from poolcli.config import RunConfig
-    from poolcli.engine.pipeline import DEFAULT_CPU_BATCH_TOKENS, Embedder
-    from poolcli.engine.plan import build_plan
-    from poolcli.engine.resolve import resolve_model
-    from poolcli.engine.runner import collate
-    from poolcli.engine.scheduler import cut_batches
-    from poolcli.faults import Faults
-
     texts = _texts(Path(args.corpus))
-    run = RunConfig(
-        task="embed",
-        inputs=(args.corpus,),
-        output="-",
-        errors=None,
-        model=None,
-        dtype=args.dtype,
-        max_batch_tokens=args.max_batch_tokens,
-    )
-    plan = build_plan(run, resolve_model(None), "embed")
-    emb = Embedder(run, plan, Faults(), quiet=True)
-    budget = args.max_batch_tokens or DEFAULT_CPU_BATCH_TOKENS
+    engine = _engine("embed", args, None)
+    window = engine.config.window_rows
     batches = []
-    for start in range(0, len(texts), run.window_rows):
-        enc = emb.encoder.encode(texts[start : start + run.window_rows])
-        seqs = [e.ids for e in enc]
-        for b in cut_batches([len(s) for s in seqs], max_tokens=budget, max_rows=run.max_batch_size):
-            batches.append(collate([seqs[j] for j in b], emb.encoder.pad_id))
-    ids, mask = batches[0]
-    emb.pooler(emb.runner.hidden_states(ids, mask), mask)
+    for start in range(0, len(texts), window):
+        batches += _batches(engine, engine.prepare(texts[start : start + window]))
+    engine._forward(batches[0], False)
     t = time.perf_counter()
     with torch.inference_mode():
-        for ids, mask in batches:
-            emb.pooler(emb.runner.hidden_states(ids, mask), mask).numpy()
+        for batch in batches:
+            engine._forward(batch, False).numpy()
     return {"seconds": time.perf_counter() - t, "rows": len(texts)}
 
 
@@ -184,32 +177,25 @@ def stage_ce(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def stage_score(args: argparse.Namespace) -> dict[str, Any]:
-    from poolcli.config import RunConfig, ScoreOptions
-    from poolcli.console import NullProgress
-    from poolcli.engine.plan import build_score_plan
-    from poolcli.engine.resolve import resolve_model
-    from poolcli.engine.scoring import run_score
-    from poolcli.faults import Faults
-    from poolcli.io.pairs import load_score_job
+    import poolcli
 
     pairs_file = Path(args.out).with_suffix(".pairs.jsonl")
     pairs_file.write_text("".join(json.dumps({"query": q, "document": d}) + "\n" for q, d in _pairs(Path(args.corpus))))
-    run = RunConfig(
-        task="score",
-        inputs=(str(pairs_file),),
-        output=str(args.out),
-        errors=None,
+    summary = poolcli.run_file(
+        "score",
+        str(pairs_file),
+        str(args.out),
         model=str(args.model),
         dtype=args.dtype,
         overwrite=True,
-        quiet=True,
-        max_batch_tokens=args.max_batch_tokens,
-        score=ScoreOptions(),
+        max_batch_tokens=args.max_batch_tokens or "auto",
+        verbose=True,
     )
-    job = load_score_job(run.inputs, query=None, cross=False, text_field="text", id_field=None, keep_columns=())
-    plan = build_score_plan(run, resolve_model(run.model))
-    summary = run_score(run, plan, job, NullProgress(), Faults())
-    return {"seconds": summary.seconds - summary.load_seconds, "rows": summary.rows_out, "tokens": summary.tokens}
+    return {
+        "seconds": summary["seconds"] - summary["load_seconds"],
+        "rows": summary["rows_out"],
+        "tokens": summary["tokens"],
+    }
 
 
 def stage_score_forward(args: argparse.Namespace) -> dict[str, Any]:
@@ -217,39 +203,20 @@ def stage_score_forward(args: argparse.Namespace) -> dict[str, Any]:
     the forward pass spends its time (torch.profiler, by operator) to stderr."""
     import torch
 
-    from poolcli.config import RunConfig, ScoreOptions
-    from poolcli.engine.plan import build_score_plan
-    from poolcli.engine.resolve import resolve_model
-    from poolcli.engine.runner import collate
-    from poolcli.engine.scheduler import cut_batches
-    from poolcli.engine.scoring import CrossEncoderScorer
-    from poolcli.faults import Faults
+    from poolcli.io.pairs import memory_pairs_job
 
     pairs = _pairs(Path(args.corpus))
-    run = RunConfig(
-        task="score",
-        inputs=(args.corpus,),
-        output="-",
-        errors=None,
-        model=str(args.model),
-        dtype=args.dtype,
-        max_batch_tokens=args.max_batch_tokens,
-        score=ScoreOptions(),
-    )
-    scorer = CrossEncoderScorer(run, build_score_plan(run, resolve_model(run.model)), Faults(), quiet=True)
-    budget = scorer.loop.budget
+    engine = _engine("score", args, str(args.model), job=memory_pairs_job(pairs))
+    scorer = engine.scorer
+    window = engine.config.window_rows
     batches = []
-    for w in range(0, len(pairs), run.window_rows):
-        enc = scorer.encoder.encode(pairs[w : w + run.window_rows])
-        for b in cut_batches([len(e.ids) for e in enc], max_tokens=budget, max_rows=run.max_batch_size):
-            ids, mask = collate([enc[j].ids for j in b], scorer.encoder.pad_id)
-            types = collate([enc[j].type_ids for j in b], 0)[0] if enc[b[0]].type_ids is not None else None
-            batches.append((ids, mask, types))
-    scorer.runner.logits(*batches[0])
+    for w in range(0, len(pairs), window):
+        batches += _batches(engine, scorer.encoder.encode(pairs[w : w + window]))
+    scorer._forward(batches[0], False)
 
     def forward_all() -> None:
-        for ids, mask, types in batches:
-            scorer.head(scorer.runner.logits(ids, mask, types)).numpy()
+        for batch in batches:
+            scorer._forward(batch, False).numpy()
 
     if args.profile:
         from torch.profiler import ProfilerActivity, profile

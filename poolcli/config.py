@@ -1,7 +1,9 @@
 """Configuration objects: built once at the command-line edge, validated, frozen, and passed explicitly.
 
 `PoolerConfig` follows vLLM's field names (old spellings accepted as aliases); `PoolingParams` holds the per-run
-parameters after defaults are merged; `RunConfig` holds everything else a run needs.
+parameters after defaults are merged. A run is three configs: `EngineConfig` (the model and how it runs),
+`PlanOptions` plus one task's options (`EmbedOptions`, `ClassifyOptions`, `TokenClassifyOptions`, `ScoreOptions`:
+what is computed), and `DriverConfig` (where rows come from and go, parts, error budget, what the user sees).
 """
 
 from __future__ import annotations
@@ -267,8 +269,69 @@ class TokenClassifyOptions(msgspec.Struct, frozen=True, kw_only=True):
     """Entity tags left out of the aggregated spans."""
 
 
-class RunConfig(msgspec.Struct, frozen=True, kw_only=True):
-    """Everything a run needs that is not the model's own resolution; built once from the command line."""
+DEFAULT_PART_ROWS = 65536
+"""Input rows per committed part unless --part-rows says otherwise (also the Python API's unit of work)."""
+
+
+class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Which model runs, where, in what precision, and in batches of what size (the engine's own settings)."""
+
+    model: str | None = None
+    """Model directory or Hugging Face id; None means the bundled all-MiniLM-L6-v2."""
+    hf_overrides: dict[str, Any] = msgspec.field(default_factory=dict)
+    """Merged onto config.json (flags win over the preset)."""
+    convert: Convert = "auto"
+    max_model_len: int | None = None
+    """Model maximum when the model files do not give one."""
+    trust_remote_code: bool = False
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
+    dtype: DType = "auto"
+    """Compute dtype of the model body; heads always run in float32."""
+    threads: int | None = None
+    """Threads for the model on CPU; None uses every core this process may run on."""
+    max_batch_tokens: int | None = None
+    """Padded-token budget per batch; None picks a per-device default."""
+    max_batch_size: int = 512
+    """Most rows in one batch."""
+    window_rows: int = 4096
+    """Rows (or pairs) tokenized and length-sorted together; bounds memory."""
+
+
+class PlanOptions(msgspec.Struct, frozen=True, kw_only=True):
+    """What the user asked of pooling and tokenization; merged with the model's own files into a plan."""
+
+    pooler_flags: PoolerConfig = PoolerConfig()
+    """Pooler fields set by explicit flags (highest precedence)."""
+    pooler_config: PoolerConfig = PoolerConfig()
+    """Fields from --pooler-config."""
+    preset: Preset | None = None
+    """The --config preset, if any."""
+    preset_name: str | None = None
+    prompt: str | None = None
+    """Literal prefix added to every text."""
+    prompt_name: str | None = None
+    """Name of a prompt from the preset or the model's Sentence-Transformers config."""
+    truncate_prompt_tokens: int | None = None
+    """Token limit (-1 = model maximum); None also means the model maximum."""
+    truncation_side: TruncationSide = "right"
+    """Which end of a too-long input is cut."""
+    on_too_long: OnTooLong = "truncate"
+    """What to do with inputs longer than the limit."""
+
+
+class EmbedOptions(msgspec.Struct, frozen=True, kw_only=True):
+    """What `embed` adds to a run."""
+
+    output_dtype: OutputDType = "float32"
+    """Element type of stored vectors."""
+
+
+TaskOptions = EmbedOptions | ClassifyOptions | TokenClassifyOptions | ScoreOptions
+
+
+class DriverConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Where rows come from and where results go, how they are committed, and what the user sees."""
 
     task: Task
     """The subcommand."""
@@ -276,70 +339,24 @@ class RunConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Input paths (or '-' for stdin)."""
     output: str
     """Output path: a .parquet file, a directory (trailing slash or existing), or '-' for JSONL on stdout."""
-    errors: str | None
+    errors: str | None = None
     """Error-row file (JSONL); None puts it beside the output."""
-    model: str | None
-    """Model directory or Hugging Face id; None means the bundled all-MiniLM-L6-v2."""
     text_field: str = "text"
     """Column or key holding the text."""
     id_field: str | None = None
     """Column or key holding the row id; None uses `id` when present, else the row number."""
     keep_columns: tuple[str, ...] = ()
     """Input columns copied to the output."""
-    device: str = "auto"
-    """auto, cpu, cuda or cuda:N."""
-    dtype: DType = "auto"
-    """Compute dtype of the model body; heads always run in float32."""
-    output_dtype: OutputDType = "float32"
-    """Element type of stored vectors."""
-    max_batch_tokens: int | None = None
-    """Padded-token budget per batch; None picks a per-device default."""
-    max_batch_size: int = 512
-    """Most rows in one batch."""
-    window_rows: int = 4096
-    """Rows read, tokenized and length-sorted together; bounds memory."""
-    part_rows: int = 65536
-    """Input rows per committed part (a multiple of `window_rows`): the most work a crash can lose."""
+    part_rows: int = DEFAULT_PART_ROWS
+    """Input rows per committed part (a multiple of the window): the most work a crash can lose."""
     overwrite: bool = False
     """Replace an output written with a different fingerprint (or not by poolcli) instead of refusing."""
     max_errors: int | None = None
     """Stop with exit 65 once more error rows than this were committed (0 with --strict)."""
     max_error_rate: float | None = None
     """Stop with exit 65 once the share of error rows exceeds this (checked from 1000 rows on)."""
-    on_too_long: OnTooLong = "truncate"
-    """What to do with inputs longer than the limit."""
-    truncate_prompt_tokens: int | None = None
-    """Token limit (-1 = model maximum); None also means the model maximum."""
-    truncation_side: TruncationSide = "right"
-    """Which end of a too-long input is cut."""
-    max_model_len: int | None = None
-    """Model maximum when the model files do not give one."""
-    prompt: str | None = None
-    """Literal prefix added to every text."""
-    prompt_name: str | None = None
-    """Name of a prompt from the preset or the model's Sentence-Transformers config."""
-    pooler_flags: PoolerConfig = PoolerConfig()
-    """Pooler fields set by explicit flags (highest precedence)."""
-    pooler_config: PoolerConfig = PoolerConfig()
-    """Fields from --pooler-config."""
-    preset: Preset | None = None
-    """The --config preset, if any."""
-    score: ScoreOptions | None = None
-    """Set for score and rerank."""
-    classify: ClassifyOptions | None = None
-    """Set for classify."""
-    token_classify: TokenClassifyOptions | None = None
-    """Set for token-classify."""
-    preset_name: str | None = None
-    hf_overrides: dict[str, Any] = msgspec.field(default_factory=dict)
-    """Merged onto config.json (flags win over the preset)."""
-    convert: Convert = "auto"
-    trust_remote_code: bool = False
     quiet: bool = False
     progress: bool | None = None
     """None: show progress when stderr is a terminal."""
     verbose: bool = False
-    debug: bool = False
     seed: int = 0
-    threads: int | None = None
-    """Threads for the model on CPU; None uses every core this process may run on."""

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class PoolcliError(Exception):
     """Base of every error poolcli reports as a one-line message with a distinct exit code."""
 
     exit_code = 70
+
+    summary: dict[str, object] | None = None
+    """Set by `poolcli.run_file` on an error that stopped a run: the summary of what it committed."""
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -27,6 +32,15 @@ class DataError(PoolcliError):
     """The input as a whole cannot be used: wrong schema, missing column, error budget exceeded (EX_DATAERR)."""
 
     exit_code = 65
+
+
+class RowError(DataError):
+    """Python API: some rows could not be processed (an empty text, a too-long one with on_too_long="error");
+    `errors` lists them all. Pass on_error="return" to get the good rows and the error rows instead."""
+
+    def __init__(self, message: str, *, errors: list[Any], hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.errors = errors
 
 
 class ErrorBudgetExceeded(DataError):

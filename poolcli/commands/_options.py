@@ -1,16 +1,11 @@
-"""Option definitions shared by the subcommands, and the edge where flags become a frozen `RunConfig`."""
+"""Option definitions shared by the subcommands (Typer `Annotated` aliases); what they mean is `poolcli.request`."""
 
 from __future__ import annotations
 
-from importlib import resources
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
-import msgspec
 import typer
 
-from poolcli.config import PoolerConfig, Preset, load_json_or_file
-from poolcli.errors import ConfigError, UsageError
 from poolcli.vocab import POOLING_TYPES, Convert, DType, OnTooLong, OutputDType, ScoreTypeOpt, TruncationSide
 
 _MODEL = "Model"
@@ -288,64 +283,3 @@ Instruction = Annotated[
         rich_help_panel=_SCORE,
     ),
 ]
-
-
-def parse_batch_tokens(value: str) -> int | None:
-    if value == "auto":
-        return None
-    try:
-        n = int(value)
-    except ValueError:
-        raise UsageError(f"--max-batch-tokens must be a number or 'auto', got {value!r}") from None
-    if n < 1:
-        raise UsageError("--max-batch-tokens must be at least 1")
-    return n
-
-
-def parse_keep_columns(value: str | None) -> tuple[str, ...]:
-    if not value:
-        return ()
-    cols = tuple(c.strip() for c in value.split(",") if c.strip())
-    reserved = {"id", "embedding", "n_tokens", "truncated"} & set(cols)
-    if reserved:
-        raise UsageError(f"--keep-columns cannot include output column names: {', '.join(sorted(reserved))}")
-    return cols
-
-
-def load_preset(value: str | None) -> tuple[Preset | None, str | None]:
-    """A preset by name (configs/NAME.toml) or by path."""
-    if value is None:
-        return None, None
-    path = Path(value)
-    if path.suffix == ".toml" and path.is_file():
-        text, name = path.read_text(encoding="utf-8"), str(path)
-    else:
-        res = resources.files("poolcli.configs").joinpath(f"{value}.toml")
-        if not res.is_file():
-            raise ConfigError(f"unknown preset {value!r}", hint=f"known presets: {', '.join(preset_names())}")
-        text, name = res.read_text(encoding="utf-8"), value
-    try:
-        return msgspec.toml.decode(text, type=Preset), name
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise ConfigError(f"preset {name}: {exc}") from None
-
-
-def preset_names() -> list[str]:
-    return sorted(
-        p.name.removesuffix(".toml") for p in resources.files("poolcli.configs").iterdir() if p.name.endswith(".toml")
-    )
-
-
-def parse_hf_overrides(value: str | None, preset: Preset | None) -> dict[str, Any]:
-    merged: dict[str, Any] = dict(preset.hf_overrides) if preset else {}
-    if value is not None:
-        merged.update(load_json_or_file(value, what="--hf-overrides"))
-    return merged
-
-
-def parse_pooler_config_option(value: str | None) -> dict[str, Any]:
-    return load_json_or_file(value, what="--pooler-config") if value is not None else {}
-
-
-def flags_pooler(**fields: Any) -> PoolerConfig:
-    return PoolerConfig(**{k: v for k, v in fields.items() if v is not None}).canonical()

@@ -61,44 +61,6 @@ def embed(
     threads: o.Threads = None,
 ) -> None:
     """Embed every row's text: one vector per row, written as Parquet (fixed_size_list<float32>)."""
-    from poolcli.commands._run import RunRequest, execute
+    from poolcli.commands._run import execute
 
-    execute(
-        RunRequest(
-            task="embed",
-            input=input,
-            output=output,
-            errors=errors,
-            model=model,
-            config=config,
-            pooler_config=pooler_config,
-            pooler_flags={"pooling_type": pooling_type, "normalize": normalize, "dimensions": dimensions},
-            prompt=prompt,
-            prompt_name=prompt_name,
-            truncate_prompt_tokens=truncate_prompt_tokens,
-            truncation_side=truncation_side,
-            on_too_long=on_too_long,
-            text_field=text_field,
-            id_field=id_field,
-            keep_columns=keep_columns,
-            output_dtype=output_dtype,
-            device=device,
-            dtype=dtype,
-            hf_overrides=hf_overrides,
-            convert=convert,
-            trust_remote_code=trust_remote_code,
-            max_model_len=max_model_len,
-            max_batch_tokens=max_batch_tokens,
-            max_batch_size=max_batch_size,
-            window_rows=window_rows,
-            part_rows=part_rows,
-            overwrite=overwrite,
-            max_errors=0 if strict else max_errors,
-            max_error_rate=max_error_rate,
-            quiet=quiet,
-            progress=progress,
-            verbose=verbose,
-            seed=seed,
-            threads=threads,
-        )
-    )
+    execute("embed", locals())

@@ -22,13 +22,15 @@ def inspect(
     max_model_len: o.MaxModelLen = None,
 ) -> None:
     """Show the architecture, tasks, pooling, normalisation, dimensions, maximum length and projector."""
-    from poolcli.config import RunConfig, parse_pooler_config
+    from poolcli.config import PlanOptions, parse_pooler_config
     from poolcli.console import print_text
     from poolcli.engine.plan import build_plan
-    from poolcli.engine.resolve import resolve_model
+    from poolcli.model.resolve import resolve_model
+    from poolcli.request import load_preset, parse_mapping
 
-    preset, preset_name = o.load_preset(config)
-    overrides = o.parse_hf_overrides(hf_overrides, preset)
+    preset, preset_name = load_preset(config)
+    overrides = dict(preset.hf_overrides) if preset else {}
+    overrides.update(parse_mapping(hf_overrides, what="--hf-overrides"))
     resolved = resolve_model(
         None if model == "default" else model,
         hf_overrides=overrides,
@@ -36,18 +38,14 @@ def inspect(
         max_model_len=max_model_len,
     )
     task = resolved.supported_tasks[0]
-    run = RunConfig(
-        task=task,
-        inputs=(),
-        output="",
-        errors=None,
-        model=model,
+    plan_options = PlanOptions(
         preset=preset,
         preset_name=preset_name,
-        pooler_config=parse_pooler_config(o.parse_pooler_config_option(pooler_config), source="--pooler-config"),
-        hf_overrides=overrides,
+        pooler_config=parse_pooler_config(
+            parse_mapping(pooler_config, what="--pooler-config"), source="--pooler-config"
+        ),
     )
-    plan = build_plan(run, resolved, task)
+    plan = build_plan(plan_options, resolved, task)
     info: dict[str, Any] = {
         "model": resolved.name,
         "path": resolved.path,

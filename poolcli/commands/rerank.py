@@ -5,7 +5,6 @@ from __future__ import annotations
 import typer
 
 from poolcli.commands import _options as o
-from poolcli.config import ScoreOptions
 
 
 def rerank(
@@ -63,20 +62,6 @@ def rerank(
     threads: o.Threads = None,
 ) -> None:
     """Rerank: every query's documents scored in one length-bucketed stream, then sorted by score (stable)."""
-    from poolcli.commands._run import score_request
+    from poolcli.commands._run import execute
 
-    score_request(
-        "rerank",
-        locals(),
-        ScoreOptions(
-            score_type=score_type,
-            query=query,
-            group_by=group_by,
-            top_n=top_n,
-            return_documents=return_documents,
-            maxsim_normalize=maxsim_normalize,
-            max_tokens_per_query=max_tokens_per_query,
-            max_tokens_per_doc=max_tokens_per_doc,
-            instruction=instruction,
-        ),
-    )
+    execute("rerank", locals())

@@ -5,7 +5,6 @@ from __future__ import annotations
 import typer
 
 from poolcli.commands import _options as o
-from poolcli.config import ScoreOptions
 
 
 def score(
@@ -66,18 +65,6 @@ def score(
     threads: o.Threads = None,
 ) -> None:
     """Score pairs: a cross-encoder's relevance, a bi-encoder's cosine, or late-interaction MaxSim."""
-    from poolcli.commands._run import score_request
+    from poolcli.commands._run import execute
 
-    score_request(
-        "score",
-        locals(),
-        ScoreOptions(
-            score_type=score_type,
-            query=query,
-            cross=cross,
-            maxsim_normalize=maxsim_normalize,
-            max_tokens_per_query=max_tokens_per_query,
-            max_tokens_per_doc=max_tokens_per_doc,
-            instruction=instruction,
-        ),
-    )
+    execute("score", locals())

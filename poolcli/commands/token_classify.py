@@ -86,66 +86,6 @@ def token_classify(
     threads: o.Threads = None,
 ) -> None:
     """Per-token outputs: token_ids and probs per token (NER, per-token rewards), or per step tag (STEP)."""
-    from poolcli.commands._run import RunRequest, execute
-    from poolcli.config import TokenClassifyOptions
-    from poolcli.errors import UsageError
+    from poolcli.commands._run import execute
 
-    returned: list[int] | None = None
-    if returned_token_ids is not None:
-        try:
-            returned = [int(x) for x in returned_token_ids.split(",") if x.strip()]
-        except ValueError:
-            raise UsageError(
-                f"--returned-token-ids takes comma-separated integers, got {returned_token_ids!r}"
-            ) from None
-    if aggregate != "none" and use_activation is False:
-        raise UsageError("--aggregate needs probabilities; it cannot be combined with --no-activation")
-    execute(
-        RunRequest(
-            task="token_classify",
-            input=input,
-            output=output,
-            errors=errors,
-            model=model,
-            config=config,
-            pooler_config=pooler_config,
-            pooler_flags={
-                "use_activation": use_activation,
-                "pooling_type": pooling_type,
-                "step_tag_id": step_tag_id,
-                "returned_token_ids": returned,
-            },
-            prompt=prompt,
-            prompt_name=prompt_name,
-            truncate_prompt_tokens=truncate_prompt_tokens,
-            truncation_side=truncation_side,
-            on_too_long=on_too_long,
-            text_field=text_field,
-            id_field=id_field,
-            keep_columns=keep_columns,
-            output_dtype="float32",
-            device=device,
-            dtype=dtype,
-            hf_overrides=hf_overrides,
-            convert=convert,
-            trust_remote_code=trust_remote_code,
-            max_model_len=max_model_len,
-            max_batch_tokens=max_batch_tokens,
-            max_batch_size=max_batch_size,
-            window_rows=window_rows,
-            part_rows=part_rows,
-            overwrite=overwrite,
-            max_errors=0 if strict else max_errors,
-            max_error_rate=max_error_rate,
-            quiet=quiet,
-            progress=progress,
-            verbose=verbose,
-            seed=seed,
-            threads=threads,
-            token_classify=TokenClassifyOptions(
-                offsets=offsets,
-                aggregate=aggregate,
-                ignore_labels=tuple(x.strip() for x in ignore_labels.split(",") if x.strip()),
-            ),
-        )
-    )
+    execute("token_classify", locals())

@@ -1,4 +1,5 @@
-"""The plan of a run: the model's resolution and the run config merged, in the design's precedence order.
+"""The plan of a run: the model's resolution and the user's pooling options merged, in the design's precedence
+order. Each task module builds its own plan on this text plan (`build_plan`).
 
 Precedence, highest first: explicit flags > --pooler-config > --config preset > Sentence-Transformers files of the
 model > the architecture's default.
@@ -10,10 +11,10 @@ from typing import Any
 
 import msgspec
 
-from poolcli.config import PoolerConfig, PoolingParams, RunConfig, ScoreOptions, ScoreTemplate, parse_pooler_config
-from poolcli.engine.resolve import ClassifierInfo, ResolvedModel, StPooling
+from poolcli.config import PlanOptions, PoolerConfig, PoolingParams, parse_pooler_config
 from poolcli.errors import ConfigError, UsageError
-from poolcli.vocab import Activation, OnTooLong, PoolingTask, ScoreType, StPoolingMode, TokPoolingType, TruncationSide
+from poolcli.model.resolve import ClassifierInfo, ResolvedModel, StPooling
+from poolcli.vocab import Activation, OnTooLong, PoolingTask, StPoolingMode, TruncationSide
 
 _SEQ_TO_MODE: dict[str, StPoolingMode] = {"CLS": "cls", "LAST": "lasttoken", "MEAN": "mean"}
 _MODE_TO_SEQ = {v: k for k, v in _SEQ_TO_MODE.items()}
@@ -100,12 +101,12 @@ def check_fields_for_task(task: PoolingTask, data: dict[str, Any], *, source: st
         )
 
 
-def _preset_pooler(run: RunConfig, task: PoolingTask) -> PoolerConfig:
-    if run.preset is None or not run.preset.pooler:
+def preset_pooler(opts: PlanOptions, task: PoolingTask) -> PoolerConfig:
+    if opts.preset is None or not opts.preset.pooler:
         return PoolerConfig()
-    source = f"preset {run.preset_name!r}"
-    check_fields_for_task(task, run.preset.pooler, source=source)
-    return parse_pooler_config(run.preset.pooler, source=source, error=ConfigError)
+    source = f"preset {opts.preset_name!r}"
+    check_fields_for_task(task, opts.preset.pooler, source=source)
+    return parse_pooler_config(opts.preset.pooler, source=source, error=ConfigError)
 
 
 def _st_layer(model: ResolvedModel) -> PoolerConfig:
@@ -123,15 +124,15 @@ def _pooling_spec(
     return PoolingSpec(modes=(_SEQ_TO_MODE[seq],), source=f"architecture default ({model.architecture})")
 
 
-def resolve_prompt(run: RunConfig, model: ResolvedModel) -> tuple[str | None, str | None]:
-    if run.prompt is not None:
-        return run.prompt, None
+def resolve_prompt(opts: PlanOptions, model: ResolvedModel) -> tuple[str | None, str | None]:
+    if opts.prompt is not None:
+        return opts.prompt, None
     prompts = dict(model.prompts)
     default_name = model.default_prompt_name
-    if run.preset is not None:
-        prompts.update(run.preset.prompts)
-        default_name = run.preset.default_prompt_name or default_name
-    name = run.prompt_name or default_name
+    if opts.preset is not None:
+        prompts.update(opts.preset.prompts)
+        default_name = opts.preset.default_prompt_name or default_name
+    name = opts.prompt_name or default_name
     if name is None:
         return None, None
     if name not in prompts:
@@ -140,16 +141,16 @@ def resolve_prompt(run: RunConfig, model: ResolvedModel) -> tuple[str | None, st
     return prompts[name] or None, name
 
 
-def build_plan(run: RunConfig, model: ResolvedModel, task: PoolingTask) -> Plan:
+def build_plan(opts: PlanOptions, model: ResolvedModel, task: PoolingTask) -> Plan:
     if task not in model.supported_tasks:
         raise UsageError(
             f"model {model.name} ({model.architecture}) does not support {task!r}; it supports "
             f"{', '.join(model.supported_tasks)}",
             hint="--convert embed or --convert classify adapts a model to another task",
         )
-    preset = _preset_pooler(run, task)
+    preset = preset_pooler(opts, task)
     # Everything above the model's own files, merged highest first.
-    upper = run.pooler_flags.over(run.pooler_config).over(preset)
+    upper = opts.pooler_flags.over(opts.pooler_config).over(preset)
     if upper.task is not None and upper.task != task:
         raise UsageError(f"pooler config task {upper.task!r} contradicts the command ({task!r})")
     merged = upper.over(_st_layer(model))
@@ -174,8 +175,8 @@ def build_plan(run: RunConfig, model: ResolvedModel, task: PoolingTask) -> Plan:
         use_activation=True if merged.use_activation is None else merged.use_activation,
     )
 
-    max_tokens = _max_tokens(run, model)
-    prompt, prompt_name = resolve_prompt(run, model)
+    limit = max_tokens(opts, model)
+    prompt, prompt_name = resolve_prompt(opts, model)
     return Plan(
         model=model,
         task=task,
@@ -185,9 +186,9 @@ def build_plan(run: RunConfig, model: ResolvedModel, task: PoolingTask) -> Plan:
         params=params,
         prompt=prompt,
         prompt_name=prompt_name,
-        max_tokens=max_tokens,
-        truncation_side=run.truncation_side,
-        on_too_long=run.on_too_long,
+        max_tokens=limit,
+        truncation_side=opts.truncation_side,
+        on_too_long=opts.on_too_long,
         lower_case=model.do_lower_case,
     )
 
@@ -221,51 +222,6 @@ def _check_dimensions(dimensions: int, model: ResolvedModel, embedding_size: int
         raise UsageError(f"--dimensions {dimensions} is larger than the model's vector ({embedding_size})")
 
 
-class ScorePlan(msgspec.Struct, frozen=True, kw_only=True):
-    """How `score` and `rerank` compute one number per (query, document) pair."""
-
-    model: ResolvedModel
-    score_type: ScoreType
-    score_type_source: str
-    max_tokens: int
-    """Pair (cross-encoder) or text (bi-encoder, late interaction) limit, special tokens included."""
-    activation: Activation
-    use_activation: bool
-    logit_mean: float | None = None
-    logit_sigma: float | None = None
-    template: ScoreTemplate | None = None
-    instruction: str = ""
-    use_sep_token: bool = True
-    maxsim_normalize: bool = False
-    max_tokens_per_query: int = 0
-    max_tokens_per_doc: int = 0
-    embed: Plan | None = None
-    """The embedding plan of a bi-encoder or late-interaction scorer (pooling, normalize, projector, prompt)."""
-
-    def describe(self) -> dict[str, Any]:
-        d: dict[str, Any] = {
-            "score_type": self.score_type,
-            "score_type_source": self.score_type_source,
-            "max_tokens": self.max_tokens,
-        }
-        if self.score_type == "cross-encoder":
-            d |= {
-                "activation": self.activation if self.use_activation else "none",
-                "logit_mean": self.logit_mean,
-                "logit_sigma": self.logit_sigma,
-                "pair_encoding": "text pair" if self.use_sep_token else "concatenation",
-                "template": None if self.template is None else msgspec.to_builtins(self.template),
-                "instruction": self.instruction or None,
-                "max_tokens_per_query": self.max_tokens_per_query,
-                "max_tokens_per_doc": self.max_tokens_per_doc,
-            }
-        elif self.embed is not None:
-            d["embedding"] = self.embed.describe()
-            if self.score_type == "late-interaction":
-                d["maxsim_normalize"] = self.maxsim_normalize
-        return d
-
-
 def classifier_activation(info: ClassifierInfo, columns: int | None = None) -> Activation:
     """vLLM's choice (spec 4.2): problem_type, else the cross-encoder's activation_fn, else by label count.
 
@@ -286,95 +242,8 @@ def classifier_activation(info: ClassifierInfo, columns: int | None = None) -> A
     return by_count
 
 
-def _detect_score_type(model: ResolvedModel) -> ScoreType:
-    if "classify" in model.supported_tasks and model.classifier is not None:
-        return "cross-encoder"
-    return "bi-encoder"  # late interaction is chosen with --score-type until token-embed models are detected
-
-
-def build_score_plan(run: RunConfig, model: ResolvedModel) -> ScorePlan:
-    opts = run.score or ScoreOptions()
-    if opts.score_type == "auto":
-        score_type = _detect_score_type(model)
-        source = f"detected from the model ({model.architecture})"
-    else:
-        score_type = opts.score_type
-        source = "--score-type"
-    for name, value in (
-        ("max_tokens_per_query", opts.max_tokens_per_query),
-        ("max_tokens_per_doc", opts.max_tokens_per_doc),
-    ):
-        if value < 0:
-            raise UsageError(f"{name} must be a non-negative integer")
-        if value >= model.max_length:
-            raise UsageError(f"{name} ({value}) must be less than max_model_len ({model.max_length}).")
-    if opts.maxsim_normalize and score_type != "late-interaction":
-        raise UsageError(f"--maxsim-normalize applies to late-interaction scoring, not {score_type}")
-    if score_type == "cross-encoder":
-        info = model.classifier
-        if info is None or "classify" not in model.supported_tasks:
-            raise UsageError(
-                f"--score-type cross-encoder needs a sequence-classification model; {model.name} "
-                f"({model.architecture}) is not one",
-                hint="use --score-type bi-encoder for an embedding model",
-            )
-        if model.is_reward:
-            raise UsageError(
-                f"{model.name} is a reward model, not a cross-encoder",
-                hint="poolcli classify gives its sequence reward; token-classify its per-token rewards",
-            )
-        if info.num_labels != 1:
-            raise UsageError(
-                f"scoring needs a one-label classifier; {model.name} has {info.num_labels} labels",
-                hint="use poolcli classify for a multi-label or multi-class model",
-            )
-        preset = _preset_pooler(run, "classify")
-        upper = run.pooler_flags.over(run.pooler_config).over(preset)
-        check_fields_for_task("classify", upper.to_dict(), source="pooler config")
-        max_tokens = _max_tokens(run, model)
-        template = run.preset.score if run.preset is not None else None
-        instruction = opts.instruction if opts.instruction is not None else (template.instruction if template else "")
-        return ScorePlan(
-            model=model,
-            score_type=score_type,
-            score_type_source=source,
-            max_tokens=max_tokens,
-            activation=classifier_activation(info),
-            use_activation=True if upper.use_activation is None else upper.use_activation,
-            logit_mean=upper.logit_mean,
-            logit_sigma=upper.logit_sigma,
-            template=template,
-            instruction=instruction,
-            use_sep_token=info.use_sep_token and template is None,
-            max_tokens_per_query=opts.max_tokens_per_query,
-            max_tokens_per_doc=opts.max_tokens_per_doc,
-        )
-    if opts.max_tokens_per_query or opts.max_tokens_per_doc:
-        raise UsageError("--max-tokens-per-query/--max-tokens-per-doc apply to cross-encoders only")
-    if "embed" not in model.supported_tasks:
-        raise UsageError(
-            f"--score-type {score_type} needs an embedding model; {model.name} ({model.architecture}) is a classifier",
-            hint="leave --score-type to auto for a cross-encoder",
-        )
-    upper = run.pooler_flags.over(run.pooler_config)
-    check_fields_for_task("embed", upper.to_dict(), source="pooler config")
-    embed = build_plan(run, model, "embed")
-    if embed.params.dimensions is not None and score_type == "late-interaction":
-        raise UsageError("--dimensions does not apply to late-interaction scoring")
-    return ScorePlan(
-        model=model,
-        score_type=score_type,
-        score_type_source=source,
-        max_tokens=embed.max_tokens,
-        activation="identity",
-        use_activation=False,
-        embed=embed,
-        maxsim_normalize=opts.maxsim_normalize,
-    )
-
-
-def _max_tokens(run: RunConfig, model: ResolvedModel) -> int:
-    k = run.truncate_prompt_tokens
+def max_tokens(opts: PlanOptions, model: ResolvedModel) -> int:
+    k = opts.truncate_prompt_tokens
     if k is None or k == -1:
         return model.max_length
     if k < -1 or k == 0:
@@ -385,158 +254,3 @@ def _max_tokens(run: RunConfig, model: ResolvedModel) -> int:
             f"({model.max_length_source}); request a smaller truncation size"
         )
     return k
-
-
-class ClassifyPlan(msgspec.Struct, frozen=True, kw_only=True):
-    """classify: the tokenization plan of the text plus the classifier head after the model's own layers."""
-
-    text: Plan
-    activation: Activation
-    use_activation: bool
-    logit_mean: float | None = None
-    logit_sigma: float | None = None
-    labels: tuple[str, ...]
-    problem_type: str | None = None
-
-    @property
-    def multi_label(self) -> bool:
-        return self.problem_type == "multi_label_classification"
-
-    def describe(self) -> dict[str, Any]:
-        d = self.text.describe()
-        for key in ("pooling", "pooling_source", "normalize", "dimensions"):
-            d.pop(key, None)
-        return d | {
-            "pooling": "the model's own (transformers' sequence-classification head)",
-            "activation": self.activation if self.use_activation else "none",
-            "logit_mean": self.logit_mean,
-            "logit_sigma": self.logit_sigma,
-            "labels": list(self.labels),
-            "problem_type": self.problem_type,
-        }
-
-
-def build_classify_plan(run: RunConfig, model: ResolvedModel) -> ClassifyPlan:
-    info = model.classifier
-    if info is None or "classify" not in model.supported_tasks:
-        raise UsageError(
-            f"model {model.name} ({model.architecture}) is not a sequence classifier",
-            hint="--convert classify adapts a checkpoint that carries classifier weights",
-        )
-    text = build_plan(run, model, "classify")
-    upper = run.pooler_flags.over(run.pooler_config).over(_preset_pooler(run, "classify"))
-    if upper.pooling_type is not None or upper.seq_pooling_type is not None:
-        raise UsageError(
-            "classify runs the model's own pooling and classifier layers; a pooling type cannot be chosen",
-            hint="remove pooling_type from the flags, --pooler-config or the preset",
-        )
-    labels = tuple(info.id2label.get(i, f"LABEL_{i}") for i in range(info.num_labels))
-    return ClassifyPlan(
-        text=text,
-        activation=classifier_activation(info),
-        # Reward models give the raw reward unless asked otherwise (vLLM's reward models).
-        use_activation=(not model.raw_rewards) if upper.use_activation is None else upper.use_activation,
-        logit_mean=upper.logit_mean,
-        logit_sigma=upper.logit_sigma,
-        labels=labels,
-        problem_type=info.problem_type,
-    )
-
-
-class TokenClassifyPlan(msgspec.Struct, frozen=True, kw_only=True):
-    """token-classify: per-token classifier outputs, all positions (ALL) or the step tags' (STEP)."""
-
-    text: Plan
-    pooling: TokPoolingType
-    pooling_source: str
-    step_tag_id: int | None = None
-    returned_token_ids: tuple[int, ...] | None = None
-    lm_rows: tuple[int, ...] | None = None
-    """A generative model's logits come from these LM head rows (its returned_token_ids)."""
-    activation: Activation
-    use_activation: bool
-    logit_mean: float | None = None
-    logit_sigma: float | None = None
-    labels: tuple[str, ...]
-    """One name per output column."""
-
-    def describe(self) -> dict[str, Any]:
-        d = self.text.describe()
-        for key in ("pooling", "pooling_source", "normalize", "dimensions"):
-            d.pop(key, None)
-        return d | {
-            "pooling": self.pooling,
-            "pooling_source": self.pooling_source,
-            "step_tag_id": self.step_tag_id,
-            "returned_token_ids": list(self.returned_token_ids) if self.returned_token_ids is not None else None,
-            "head": "LM head rows" if self.lm_rows is not None else "the model's own classifier",
-            "activation": self.activation if self.use_activation else "none",
-            "logit_mean": self.logit_mean,
-            "logit_sigma": self.logit_sigma,
-            "labels": list(self.labels),
-        }
-
-
-def build_token_classify_plan(run: RunConfig, model: ResolvedModel) -> TokenClassifyPlan:
-    info = model.classifier
-    if "token_classify" not in model.supported_tasks:
-        raise UsageError(
-            f"model {model.name} ({model.architecture}) has no per-token classifier; it supports "
-            f"{', '.join(model.supported_tasks)}",
-            hint="token-classify takes *ForTokenClassification, reward and decoder classification models",
-        )
-    text = build_plan(run, model, "token_classify")
-    upper = run.pooler_flags.over(run.pooler_config).over(_preset_pooler(run, "token_classify"))
-    if upper.seq_pooling_type is not None:
-        raise UsageError(
-            f"pooling type {upper.seq_pooling_type} pools a sequence; token-classify takes ALL or STEP",
-        )
-    if upper.tok_pooling_type is not None:
-        pooling: TokPoolingType = "STEP" if upper.tok_pooling_type == "STEP" else "ALL"
-        source = "flags/pooler-config/preset"
-    else:
-        pooling, source = model.default_tok_pooling, f"architecture default ({model.architecture})"
-    step_tag_id = upper.step_tag_id if upper.step_tag_id is not None else model.default_step_tag_id
-    returned = tuple(upper.returned_token_ids) if upper.returned_token_ids is not None else None
-    if returned is not None and not returned:
-        raise UsageError("returned_token_ids is empty; leave it out to keep every column")
-    if pooling != "STEP":
-        if upper.step_tag_id is not None or returned is not None:
-            raise UsageError("step_tag_id and returned_token_ids need STEP pooling (--pooling-type STEP)")
-        step_tag_id = None
-    lm_rows: tuple[int, ...] | None = None
-    if info is None or (model.is_generative and info.head == "sequence"):
-        # A causal LM adapted with --convert classify: its classifier is the LM head, column by token id.
-        if returned is None:
-            raise UsageError(
-                f"{model.name} is a generative model: token-classify reads its LM head through "
-                "returned_token_ids (STEP pooling), e.g. --pooler-config "
-                '\'{"pooling_type": "STEP", "step_tag_id": N, "returned_token_ids": [good, bad]}\''
-            )
-        lm_rows, returned = returned, None
-        columns = len(lm_rows)
-        labels = tuple(f"token_{i}" for i in lm_rows)
-        problem_info = ClassifierInfo(num_labels=columns)
-    else:
-        problem_info = info
-        if returned is not None:
-            bad = [i for i in returned if not 0 <= i < info.num_labels]
-            if bad:
-                raise UsageError(f"returned_token_ids {bad} are not columns of a {info.num_labels}-label head")
-        all_labels = [info.id2label.get(i, f"LABEL_{i}") for i in range(info.num_labels)]
-        labels = tuple(all_labels[i] for i in returned) if returned is not None else tuple(all_labels)
-        columns = len(labels)
-    default_activation = not model.raw_rewards or pooling == "STEP"
-    return TokenClassifyPlan(
-        text=text,
-        pooling=pooling,
-        pooling_source=source,
-        step_tag_id=step_tag_id,
-        returned_token_ids=returned,
-        lm_rows=lm_rows,
-        activation=classifier_activation(problem_info, columns),
-        use_activation=default_activation if upper.use_activation is None else upper.use_activation,
-        logit_mean=upper.logit_mean,
-        logit_sigma=upper.logit_sigma,
-        labels=labels,
-    )

@@ -5,24 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-
 from poolcli.errors import ConfigError, UsageError
+from poolcli.io.records import Encoded
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-    from poolcli.engine.plan import Plan, ScorePlan
-
-
-class Encoded(msgspec.Struct):
-    """One row's token ids after truncation."""
-
-    ids: list[int]
-    truncated: bool
-    offsets: list[tuple[int, int]] | None = None
-    """Per token, its [start, end) characters in the row's text (not the prompt); (0, 0) for special and prompt
-    tokens. Only when the encoder was asked for offsets."""
+    from poolcli.engine.plan import Plan
+    from poolcli.engine.score import ScorePlan
 
 
 class TextEncoder:
@@ -122,7 +112,7 @@ class TextEncoder:
 
 def _load_tokenizer(path: str) -> tuple[Any, Any]:
     """The model's Hugging Face tokenizer and its Rust backend (poolcli works on copies of the backend)."""
-    from poolcli.engine.runner import quiet_transformers
+    from poolcli.model.load import quiet_transformers
 
     quiet_transformers()
     from transformers import AutoTokenizer
@@ -135,15 +125,6 @@ def _load_tokenizer(path: str) -> tuple[Any, Any]:
     if backend is None:
         raise ConfigError(f"{path}: poolcli needs a fast (Rust) tokenizer")
     return hf, backend
-
-
-class EncodedPair(msgspec.Struct):
-    """One (query, document) pair as the model sees it."""
-
-    ids: list[int]
-    type_ids: list[int] | None
-    """Segment ids (0 for the query, 1 for the document) for models that have token types."""
-    truncated: bool
 
 
 class PairEncoder:
@@ -191,7 +172,7 @@ class PairEncoder:
             out.append(text[: enc.offsets[n - 1][1]] if len(enc.ids) > n else text)
         return out
 
-    def encode(self, pairs: Sequence[tuple[str, str]]) -> list[EncodedPair]:
+    def encode(self, pairs: Sequence[tuple[str, str]]) -> list[Encoded]:
         queries = [q.lower() if self.lower else q for q, _ in pairs]
         docs = [d.lower() if self.lower else d for _, d in pairs]
         if self.max_query:
@@ -209,17 +190,19 @@ class PairEncoder:
                     batch.append(self._doc_first.encode(q, d, add_special_tokens=True))
                 except Exception:
                     batch.append(self._longest.encode(q, d, add_special_tokens=True))
-        return [EncodedPair(e.ids, list(e.type_ids) if self.with_types else None, bool(e.overflowing)) for e in batch]
+        return [
+            Encoded(e.ids, bool(e.overflowing), type_ids=list(e.type_ids) if self.with_types else None) for e in batch
+        ]
 
     def _prompt(self, query: str, doc: str) -> str:
         t = self.template
         head = t.query.replace("{instruction}", self.instruction).replace("{query}", query)
         return head + t.document.replace("{instruction}", self.instruction).replace("{document}", doc)
 
-    def _render(self, query: str, doc: str) -> EncodedPair:
+    def _render(self, query: str, doc: str) -> Encoded:
         ids = self._plain.encode(self._prompt(query, doc), add_special_tokens=True).ids
         if len(ids) <= self.max_tokens:
-            return EncodedPair(ids, None, False)
+            return Encoded(ids, False)
         # Cutting the text and re-tokenizing can shift a token at the cut; a few rounds settle it.
         for _ in range(4):
             enc = self._plain.encode(doc, add_special_tokens=False)
@@ -229,8 +212,8 @@ class PairEncoder:
             doc = doc[: enc.offsets[keep - 1][1]]
             ids = self._plain.encode(self._prompt(query, doc), add_special_tokens=True).ids
             if len(ids) <= self.max_tokens:
-                return EncodedPair(ids, None, True)
-        return EncodedPair(ids[: self.max_tokens], None, True)
+                return Encoded(ids, True)
+        return Encoded(ids[: self.max_tokens], True)
 
 
 def _pad_id(hf: object) -> int:

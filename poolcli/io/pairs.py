@@ -8,12 +8,13 @@ The texts are held in memory (the pairs are indices into them).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 
 from poolcli.errors import DataError, UsageError
-from poolcli.io.readers import InputSpec, Source, open_source, peek_columns
+from poolcli.io.readers import InputSpec, Source, memory_source, open_source, peek_columns
 from poolcli.io.records import ErrorRow
 from poolcli.vocab import ErrorCode
 
@@ -146,29 +147,7 @@ def load_score_job(
             raise UsageError("--keep-columns applies to a pairs file or --query, not to two inputs")
         s1 = open_source(InputSpec(inputs[0], text_field, id_field))
         s2 = open_source(InputSpec(inputs[1], text_field, id_field))
-        left, _ = read_table(s1)
-        right, _ = read_table(s2)
-        if not left:
-            raise DataError("At least one text element must be given", hint=f"{inputs[0]} has no rows")
-        if not right:
-            raise DataError("At least one text_pair element must be given", hint=f"{inputs[1]} has no rows")
-        pairs: list[Pair] = []
-        if cross:
-            for i, q in enumerate(left):
-                for j, d in enumerate(right):
-                    pairs.append(Pair(i, j, len(pairs), q.id, d.id))
-            form = "cross"
-        elif len(left) == 1 or len(left) == len(right):
-            for j, d in enumerate(right):
-                i = 0 if len(left) == 1 else j
-                pairs.append(Pair(i, j, j, left[i].id, d.id))
-            form = "two-files"
-        else:
-            raise DataError(
-                f"Input lengths must be either 1:1, 1:N or N:N (got {len(left)} and {len(right)} rows)",
-                hint="--cross scores every pair of the two inputs",
-            )
-        return PairJob(form=form, queries=left, docs=right, pairs=pairs, sources=[s1, s2])
+        return two_tables_job(read_table(s1)[0], read_table(s2)[0], cross=cross, names=inputs, sources=[s1, s2])
     if cross:
         raise UsageError("--cross needs two inputs")
     if query is not None:
@@ -231,6 +210,59 @@ def load_rerank_job(
     if group_by is not None:
         return _grouped(inputs[0], group_by, text_field, id_field)
     return _rerank_rows(inputs[0], id_field)
+
+
+def two_tables_job(
+    left: list[TextRow],
+    right: list[TextRow],
+    *,
+    cross: bool,
+    names: tuple[str, ...] = ("texts_1", "texts_2"),
+    sources: list[Source] | None = None,
+) -> PairJob:
+    """Queries x documents: 1:N, N:N zipped, or every pair with `cross` (vLLM's pairing rules and messages)."""
+    if not left:
+        raise DataError("At least one text element must be given", hint=f"{names[0]} has no rows")
+    if not right:
+        raise DataError("At least one text_pair element must be given", hint=f"{names[1]} has no rows")
+    pairs: list[Pair] = []
+    if cross:
+        for i, q in enumerate(left):
+            for j, d in enumerate(right):
+                pairs.append(Pair(i, j, len(pairs), q.id, d.id))
+        form = "cross"
+    elif len(left) == 1 or len(left) == len(right):
+        for j, d in enumerate(right):
+            i = 0 if len(left) == 1 else j
+            pairs.append(Pair(i, j, j, left[i].id, d.id))
+        form = "two-files"
+    else:
+        raise DataError(
+            f"Input lengths must be either 1:1, 1:N or N:N (got {len(left)} and {len(right)} rows)",
+            hint="--cross scores every pair of the two inputs",
+        )
+    return PairJob(form=form, queries=left, docs=right, pairs=pairs, sources=sources or [])
+
+
+def memory_pairs_job(pairs: Sequence[tuple[Any, Any]]) -> PairJob:
+    """(query, document) pairs held in memory (the Python API): pair i has id i; a bad side costs its pair."""
+    pairs = list(pairs)
+    for i, pair in enumerate(pairs):
+        if not isinstance(pair, tuple | list) or len(pair) != 2:
+            raise UsageError(f"pairs[{i}] is not a (text_1, text_2) pair")
+    left, _ = read_table(memory_source([p[0] for p in pairs]))
+    right, _ = read_table(memory_source([p[1] for p in pairs]))
+    return PairJob(form="pairs", queries=left, docs=right, pairs=[Pair(i, i, i) for i in range(len(pairs))])
+
+
+def memory_rerank_job(query: str, documents: Sequence[Any]) -> PairJob:
+    """One query against documents held in memory (the Python API); a document's id is its position."""
+    if not isinstance(query, str) or not query.strip():
+        raise UsageError("query must be a non-empty string")
+    docs, _ = read_table(memory_source(documents))
+    pairs = [Pair(0, j, d.id, index=j) for j, d in enumerate(docs)]
+    qrow = TextRow(0, query, "<memory>", None, None)
+    return PairJob(form="rerank-query", queries=[qrow], docs=docs, pairs=pairs, groups=[Group(0, 0, len(pairs))])
 
 
 def _grouped(path: str, group_by: str, text_field: str, id_field: str | None) -> PairJob:

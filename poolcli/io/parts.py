@@ -160,6 +160,8 @@ class PartStore:
         self.done: dict[int, PartMarker] = {}
         self.stale_error_files: list[Path] = []
         """Error files a fresh run must remove before it commits anything (set by the caller)."""
+        self.metadata = {b"poolcli": msgspec.json.encode({**identity, "fingerprint": fingerprint})}
+        """The Parquet key-value metadata of every file written: the run's identity and fingerprint."""
 
     # -- start ---------------------------------------------------------------------------------------------
 
@@ -346,6 +348,7 @@ class PartStore:
     def finish(self, n_parts: int, schema: pa.Schema, errors_path: Path | None) -> dict[str, Any]:
         """Job commit: every part 0..n-1 must be done. Returns the manifest."""
         lay = self.layout
+        schema = schema.with_metadata(self.metadata)
         missing = [k for k in range(n_parts) if k not in self.done]
         if missing:
             raise InternalError(f"parts {missing[:5]} have no done-marker at job commit")
@@ -505,6 +508,7 @@ class PartWriter:
     def write(self, table: pa.Table) -> None:
         import pyarrow.parquet as pq
 
+        table = table.replace_schema_metadata(self.store.metadata)
         try:
             if self.writer is not None and not self.writer.schema.equals(table.schema):
                 self._promote(table.schema)

@@ -12,7 +12,7 @@ import io
 import os
 import sys
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -22,7 +22,7 @@ from poolcli.errors import DataError, NoInputError, UsageError
 from poolcli.io.records import Block, ErrorRow
 from poolcli.vocab import ErrorCode
 
-InputFormat = Literal["jsonl", "parquet", "csv", "tsv", "txt"]
+InputFormat = Literal["jsonl", "parquet", "csv", "tsv", "txt", "memory"]
 _MISSING: Any = object()
 _SUFFIXES: dict[str, InputFormat] = {
     ".jsonl": "jsonl",
@@ -172,6 +172,8 @@ class Source:
         self.roots = roots
         self.done = 0
         self.total: int | None = None
+        self.memory: tuple[Sequence[Any], Sequence[Any] | None] = ((), None)
+        """Texts (and ids) of an in-memory source (`memory_source`)."""
 
     def listing(self) -> list[dict[str, Any]]:
         """What the input is made of, for the run fingerprint and the output metadata."""
@@ -192,6 +194,7 @@ class Source:
             "csv": self._csv_rows,
             "tsv": self._csv_rows,
             "txt": self._txt_rows,
+            "memory": self._memory_rows,
         }[self.format]
         for _ in rows(sink):
             if sink.block.n_rows >= rows_per_block:
@@ -237,6 +240,14 @@ class Source:
                         sink.add(row, rid, obj.get(field, _MISSING), obj, source, line_no)
                     row += 1
                     yield
+
+    def _memory_rows(self, sink: _RowSink) -> Iterator[None]:
+        texts, ids = self.memory
+        self.total = len(texts)
+        for row, text in enumerate(texts):
+            sink.add(row, ids[row] if ids is not None else None, text, {}, "<memory>", None)
+            self.done = row + 1
+            yield
 
     def _total_bytes(self) -> int | None:
         if self.files == ["-"]:
@@ -612,6 +623,21 @@ def open_source(spec: InputSpec) -> Source:
         raise UsageError(f"{path}: only JSONL and TXT inputs may be compressed")
     source = Source(spec, fmt, files, roots=roots)
     source.check_columns()
+    return source
+
+
+def memory_source(texts: Sequence[Any], ids: Sequence[Any] | None = None) -> Source:
+    """Texts held in memory (the Python API), one row each, checked exactly as a file's rows are: a text that is
+    not a non-empty string is an error row. Without `ids`, a row's id is its position."""
+    if isinstance(texts, str | bytes):
+        raise UsageError("texts must be a list of strings, not a single string")
+    texts = list(texts)
+    if ids is not None:
+        ids = list(ids)
+        if len(ids) != len(texts):
+            raise UsageError(f"ids has {len(ids)} values for {len(texts)} texts")
+    source = Source(InputSpec("<memory>", id_field=None if ids is None else "id"), "memory", [])
+    source.memory = (texts, ids)
     return source
 
 

@@ -39,3 +39,15 @@ class Block(msgspec.Struct):
     lines: list[int | None] = msgspec.field(default_factory=list)
     keep: dict[str, list[Any]] = msgspec.field(default_factory=dict)
     errors: list[ErrorRow] = msgspec.field(default_factory=list)
+
+
+class Encoded(msgspec.Struct):
+    """One row's token ids after truncation."""
+
+    ids: list[int]
+    truncated: bool
+    offsets: list[tuple[int, int]] | None = None
+    """Per token, its [start, end) characters in the row's text (not the prompt); (0, 0) for special and prompt
+    tokens. Only when the encoder was asked for offsets."""
+    type_ids: list[int] | None = None
+    """Segment ids (0 for the query, 1 for the document) of a text pair, for models that have token types."""

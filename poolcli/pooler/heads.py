@@ -1,7 +1,18 @@
-"""Heads applied to pooled vectors, always in float32."""
+"""Heads: what turns a model body's hidden states (or pooled vectors) into a task's numbers, always in float32.
+
+Every head here is pure tensor code; the weights they hold are read from the checkpoint by `poolcli.model.load`.
+
+- `EmbeddingHead`: pooled vector -> Sentence-Transformers Dense projector(s) -> matryoshka slice -> L2 norm.
+- `TokenEmbeddingHead`: every token's hidden state -> projector -> L2 norm per token (late interaction).
+- `ClassifierHead`: logits -> calibration -> final activation (vLLM's classifier head).
+- `LmRowsHead`: hidden states @ chosen LM-head rows (classifier_from_token, returned_token_ids).
+- `RewardHead`: a reward model's Linear(-ReLU-Linear) head from its checkpoint.
+- `PositionScoreHead`: a decoder classifier's `score` layer applied at every position.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -11,7 +22,7 @@ from torch import nn
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from poolcli.engine.resolve import DenseSpec
+    from poolcli.model.resolve import DenseSpec
     from poolcli.vocab import Activation
 
 
@@ -63,6 +74,22 @@ class EmbeddingHead:
         return x
 
 
+class TokenEmbeddingHead:
+    """Per-token vectors: every position's hidden state (float32) -> projector -> L2 normalisation per token."""
+
+    def __init__(self, projector: nn.Module | None, normalize: bool) -> None:
+        self.projector = projector
+        self.normalize = normalize
+
+    def __call__(self, hidden: Tensor) -> Tensor:
+        x = hidden.float()
+        if self.projector is not None:
+            x = self.projector(x)
+        if self.normalize:
+            x = F.normalize(x, p=2, dim=-1)
+        return x
+
+
 class ClassifierHead:
     """Classifier logits -> calibration -> final activation, in float32 (vLLM's classifier head, spec 4.2).
 
@@ -94,6 +121,51 @@ class ClassifierHead:
         if self.activation == "sigmoid":
             return torch.sigmoid(x)
         return torch.softmax(x, dim=-1)
+
+
+class LmRowsHead(nn.Module):
+    """Logits from chosen rows of a causal LM's output layer, [labels, hidden] float32: the full vocabulary's
+    logits are never computed (vLLM's classifier_from_token, and STEP's returned_token_ids on a causal LM)."""
+
+    def __init__(self, rows: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("rows", rows.float())
+
+    rows: Tensor
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return hidden.float() @ self.rows.T
+
+
+class RewardHead(nn.Module):
+    """A reward model's head in float32: its Linear layers with a ReLU between each (Qwen2 reward models:
+    Linear(h, h) -> ReLU -> Linear(h, labels); InternLM2: one Linear)."""
+
+    def __init__(self, linears: Sequence[nn.Linear]) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for linear in linears:
+            if layers:
+                layers.append(nn.ReLU())
+            layers.append(linear.float())
+        self.inner = nn.Sequential(*layers).eval().requires_grad_(False)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        out: Tensor = self.inner(hidden.float())
+        return out
+
+
+class PositionScoreHead(nn.Module):
+    """A decoder sequence classifier's `score` layer at every position, in float32 (transformers keeps only the
+    last position; vLLM's per-token head runs it everywhere)."""
+
+    def __init__(self, score: nn.Module) -> None:
+        super().__init__()
+        self.score = score.float()
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        out: Tensor = self.score(hidden.float())
+        return out
 
 
 def maxsim(query: Tensor, doc: Tensor, *, normalize_by_length: bool = False) -> float:

@@ -11,13 +11,8 @@ import pyarrow.parquet as pq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from poolcli.config import RunConfig
-from poolcli.console import NullProgress
-from poolcli.engine.pipeline import run_embed
-from poolcli.engine.plan import build_plan
-from poolcli.engine.resolve import resolve_model
-from poolcli.faults import Faults
-from poolcli.io.readers import InputSpec, open_source
+from poolcli.drivers.run import run_file_request
+from poolcli.request import Request
 
 WORDS = st.lists(
     st.sampled_from("the cat dog river city paris hello world data row".split()), min_size=1, max_size=30
@@ -34,9 +29,9 @@ SETTINGS = settings(max_examples=6, deadline=None, suppress_health_check=list(He
 def _run(tmp: Path, model: Path, src: Path, out: str, part_rows: int, window_rows: int) -> tuple[list, list]:  # type: ignore[type-arg]
     errors = tmp / "errors.jsonl"
     errors.unlink(missing_ok=True)
-    run = RunConfig(
+    req = Request(
         task="embed",
-        inputs=(str(src),),
+        input=str(src),
         output=out,
         errors=str(errors),
         model=str(model),
@@ -46,10 +41,7 @@ def _run(tmp: Path, model: Path, src: Path, out: str, part_rows: int, window_row
         overwrite=True,
         quiet=True,
     )
-    resolved = resolve_model(str(model))
-    plan = build_plan(run, resolved, "embed")
-    source = open_source(InputSpec(str(src), run.text_field, run.id_field, ()))
-    run_embed(run, plan, source, NullProgress(), Faults())
+    assert run_file_request(req).error is None
     table = pq.read_table(out)
     errs = [json.loads(line) for line in errors.read_text().splitlines()]
     return table.column("id").to_pylist(), errs

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from poolcli.engine.resolve import DenseSpec
+from poolcli.model.resolve import DenseSpec
 from poolcli.pooler.dispatch import EmbedPooler
 from poolcli.pooler.heads import Dense, EmbeddingHead
 from poolcli.pooler.methods import (

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from poolcli.config import PoolerConfig, Preset, RunConfig, parse_pooler_config
+from poolcli.config import PlanOptions, PoolerConfig, Preset, parse_pooler_config
 from poolcli.engine.plan import build_plan
-from poolcli.engine.resolve import parse_st_pooling, resolve_model
 from poolcli.errors import ConfigError, NoInputError, UsageError
+from poolcli.model.resolve import parse_st_pooling, resolve_model
 
 
 def _model_dir(tmp_path: Path, config: dict, files: dict[str, object] | None = None) -> Path:
@@ -27,8 +27,8 @@ def _model_dir(tmp_path: Path, config: dict, files: dict[str, object] | None = N
 BERT = {"architectures": ["BertModel"], "model_type": "bert", "hidden_size": 8, "max_position_embeddings": 512}
 
 
-def _run(**kwargs: object) -> RunConfig:
-    return RunConfig(task="embed", inputs=("x",), output="o.parquet", errors=None, model=None, **kwargs)  # type: ignore[arg-type]
+def _run(**kwargs: object) -> PlanOptions:
+    return PlanOptions(**kwargs)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -239,7 +239,7 @@ def test_prompt_name_lookup(tmp_path: Path) -> None:
 
 
 def test_shipped_presets_parse() -> None:
-    from poolcli.commands._options import load_preset, preset_names
+    from poolcli.request import load_preset, preset_names
 
     names = preset_names()
     for required in ("sentence-transformers", "e5", "bge", "decoder-last", "qwen3-embedding"):

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from poolcli.engine.plan import classifier_activation
-from poolcli.engine.resolve import ClassifierInfo
 from poolcli.errors import DataError, UsageError
 from poolcli.io.pairs import load_rerank_job, load_score_job
+from poolcli.model.resolve import ClassifierInfo
 from poolcli.pooler.heads import ClassifierHead, maxsim
 from tests.conftest import write_jsonl
 

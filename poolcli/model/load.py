@@ -1,7 +1,13 @@
-"""The model runner: loads the weights on a device in a dtype and turns token ids into hidden states."""
+"""Loading a resolved model's weights on a device in a dtype: the model bodies the engine runs, and the weights of
+the heads in `poolcli.pooler.heads` that live in the checkpoint.
+
+`Loader` keeps what it loaded, so the Python API's `poolcli.load(...)` object serves many calls (and several
+tasks) with one copy of the weights; a command-line run makes one loader and drops it at the end.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -9,14 +15,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from poolcli.errors import ConfigError, UsageError
-from poolcli.pooler.heads import Dense
+from poolcli.pooler.heads import Dense, LmRowsHead, PositionScoreHead, RewardHead
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Sequence
 
     from torch import Tensor, nn
 
-    from poolcli.engine.resolve import DenseSpec, ResolvedModel
+    from poolcli.model.resolve import DenseSpec, ResolvedModel
     from poolcli.vocab import DType
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -76,27 +82,36 @@ def resolve_dtype(dtype: DType, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-class ModelRunner:
-    """Owns the model body; `hidden_states` runs one padded batch under inference mode."""
+def _config(model: ResolvedModel, trust_remote_code: bool) -> Any:
+    from transformers import AutoConfig
 
-    def __init__(self, model: ResolvedModel, *, device: str, dtype: DType, trust_remote_code: bool) -> None:
+    config = AutoConfig.from_pretrained(model.path, trust_remote_code=trust_remote_code)
+    for key, value in model.hf_overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+def _load_error(model: ResolvedModel, exc: Exception) -> ConfigError:
+    return ConfigError(f"cannot load model {model.name}: {str(exc).splitlines()[0]}")
+
+
+class HiddenStateModel:
+    """The model body: padded ids -> last hidden states [B, L, H]."""
+
+    def __init__(self, model: ResolvedModel, *, device: torch.device, dtype: torch.dtype, trust_remote_code: bool):
         quiet_transformers()
-        from transformers import AutoConfig, AutoModel
+        from transformers import AutoModel
 
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
+        self.device = device
+        self.dtype = dtype
         try:
-            config = AutoConfig.from_pretrained(model.path, trust_remote_code=trust_remote_code)
-            for key, value in model.hf_overrides.items():
-                setattr(config, key, value)
             self.model = AutoModel.from_pretrained(
-                model.path, config=config, dtype=self.dtype, trust_remote_code=trust_remote_code
+                model.path, config=_config(model, trust_remote_code), dtype=dtype, trust_remote_code=trust_remote_code
             )
         except (OSError, ValueError, KeyError) as exc:
-            raise ConfigError(f"cannot load model {model.name}: {str(exc).splitlines()[0]}") from None
-        self.model.eval().to(self.device)
+            raise _load_error(model, exc) from None
+        self.model.eval().to(device)
 
-    @torch.inference_mode()
     def hidden_states(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         out = self.model(
             input_ids=input_ids.to(self.device, non_blocking=True),
@@ -106,16 +121,190 @@ class ModelRunner:
         return hidden
 
 
-def collate(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
-    """Right-pad rows to the longest one: (input_ids, attention_mask) as int64 [B, L]."""
-    longest = max(len(r) for r in rows)
-    ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), longest), dtype=torch.long)
-    for i, row in enumerate(rows):
-        n = len(row)
-        ids[i, :n] = torch.as_tensor(row, dtype=torch.long)
-        mask[i, :n] = 1
-    return ids, mask
+class LogitsModel:
+    """A model with a classifier head: padded ids -> float32 logits, [B, num_labels] per row or, with `per_token`,
+    [B, L, num_labels] per position.
+
+    Sequence- and token-classification checkpoints run through transformers' own classes, so every architectural
+    layer of the head (BERT's tanh pooler, RoBERTa's dense + out_proj, a decoder's last-token `score`) runs exactly
+    as in transformers. Three heads (`poolcli.pooler.heads`) run on the model body instead: a causal LM converted
+    with `classifier_from_token` (or asked for `returned_token_ids` under STEP pooling) multiplies hidden states by
+    the chosen rows of the LM head (`LmRowsHead`); a reward model applies its own head (`RewardHead`); and a
+    decoder's sequence classifier applies its `score` layer to every position for per-token logits
+    (`PositionScoreHead`).
+    """
+
+    def __init__(
+        self,
+        model: ResolvedModel,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+        trust_remote_code: bool,
+        pad_id: int,
+        per_token: bool = False,
+        lm_rows: Sequence[int] | None = None,
+    ) -> None:
+        quiet_transformers()
+        from transformers import AutoModel, AutoModelForSequenceClassification
+
+        info = model.classifier
+        if info is None and lm_rows is None:
+            raise ConfigError(f"{model.name} has no classifier head")
+        self.device = device
+        self.dtype = dtype
+        self.per_token = per_token
+        # Set when the model body runs alone and this head turns its hidden states into logits.
+        self.head: nn.Module | None = None
+        try:
+            config = _config(model, trust_remote_code)
+            if model.is_decoder and getattr(config, "pad_token_id", None) is None:
+                # transformers finds a decoder's last real token by the pad id; rows are padded with ours.
+                config.pad_token_id = pad_id
+            body_only = lm_rows is not None or (info is not None and info.head in ("from_token", "reward"))
+            if body_only:
+                self.model = AutoModel.from_pretrained(
+                    model.path, config=config, dtype=dtype, trust_remote_code=trust_remote_code
+                )
+                if lm_rows is not None or (info is not None and info.head == "from_token"):
+                    self.head = LmRowsHead(lm_head_rows(self.model, model, config, lm_rows))
+                else:
+                    self.head = reward_head(Path(model.path))
+                # Remote code may map AutoModel to the reward class itself (InternLM2, Qwen2.5-Math-PRM): its
+                # output would be rewards, not hidden states, so run its body.
+                base = getattr(self.model, "base_model", self.model)
+                if base is not self.model:
+                    self.model = base
+            else:
+                assert info is not None
+                from transformers import AutoModelForTokenClassification
+
+                auto: Any = (
+                    AutoModelForTokenClassification
+                    if per_token and info.head == "token"
+                    else AutoModelForSequenceClassification
+                )
+                self.model, loading = auto.from_pretrained(
+                    model.path,
+                    config=config,
+                    dtype=dtype,
+                    trust_remote_code=trust_remote_code,
+                    output_loading_info=True,
+                )
+                missing = list(loading.get("missing_keys") or [])
+                if missing:
+                    # A head initialised at random would give confident nonsense: refuse instead.
+                    raise ConfigError(
+                        f"{model.name}: the checkpoint has no classifier weights ({', '.join(sorted(missing)[:3])} "
+                        "missing)",
+                        hint="a generative checkpoint needs classifier_from_token (e.g. --config qwen3-reranker)",
+                    )
+                if per_token and info.head == "sequence":
+                    score = getattr(self.model, "score", None)
+                    if score is None:
+                        raise ConfigError(f"{model.name}: its classifier has no per-position `score` layer")
+                    self.head = PositionScoreHead(score)
+                    self.model = self.model.base_model
+        except (OSError, ValueError, KeyError) as exc:
+            raise _load_error(model, exc) from None
+        self.model.eval().to(device)
+        if self.head is not None:
+            self.head.eval().to(device)
+
+    def logits(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None) -> Tensor:
+        kwargs = {
+            "input_ids": input_ids.to(self.device, non_blocking=True),
+            "attention_mask": attention_mask.to(self.device, non_blocking=True),
+        }
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids.to(self.device, non_blocking=True)
+        out = self.model(**kwargs)
+        if self.head is None:
+            logits: Tensor = out.logits
+            return logits.float()
+        hidden: Tensor = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        if self.per_token:
+            per_position: Tensor = self.head(hidden)
+            return per_position
+        mask = kwargs["attention_mask"]
+        last = mask.sum(dim=1) - 1  # rows are right-padded
+        pooled: Tensor = self.head(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
+        return pooled
+
+
+def lm_head_rows(body: Any, model: ResolvedModel, config: Any, lm_rows: Sequence[int] | None) -> Tensor:
+    """[labels, hidden] float32 from the LM head rows of the classifier tokens (vLLM section 7), or of `lm_rows`
+    (token ids) when given; tied embeddings are read from the loaded body, untied rows from the checkpoint."""
+    from transformers import AutoTokenizer
+
+    info = model.classifier
+    from_token = info.from_token if info is not None else None
+    if lm_rows is not None:
+        ids = list(lm_rows)
+        vocab = int(body.get_input_embeddings().weight.shape[0])
+        bad = [i for i in ids if not 0 <= i < vocab]
+        if bad:
+            raise ConfigError(f"returned_token_ids {bad} are outside the vocabulary (0..{vocab - 1})")
+    else:
+        assert from_token is not None
+        tok = AutoTokenizer.from_pretrained(model.path)
+        ids = []
+        for t in from_token.tokens:
+            i = tok.convert_tokens_to_ids(t)
+            if not isinstance(i, int) or i == tok.unk_token_id:
+                raise ConfigError(f"classifier_from_token: the tokenizer has no token {t!r}")
+            ids.append(i)
+    text_config = getattr(config, "text_config", None) or config
+    rows: Tensor
+    if getattr(text_config, "tie_word_embeddings", False):
+        rows = body.get_input_embeddings().weight[ids].detach().float()
+    else:
+        rows = _read_rows(Path(model.path), "lm_head.weight", ids)
+    if lm_rows is None and from_token is not None and from_token.method == "from_2_way_softmax":
+        rows = (rows[1] - rows[0]).unsqueeze(0)
+    return rows
+
+
+def reward_head(folder: Path) -> RewardHead:
+    """A reward model's head with the weights of its checkpoint (layer names and shapes from the resolution)."""
+    from safetensors import safe_open
+    from torch import nn
+
+    from poolcli.model.resolve import reward_head_layers
+
+    linears: list[nn.Linear] = []
+    for name, (out_f, in_f) in reward_head_layers(folder):
+        bias_name = name.removesuffix("weight") + "bias"
+        tensors: dict[str, Tensor] = {}
+        for f in sorted(folder.glob("*.safetensors")):
+            with safe_open(str(f), framework="pt") as fh:
+                for key in (name, bias_name):
+                    if key in fh.keys():  # noqa: SIM118 - safe_open handles have keys(), not __contains__
+                        tensors[key] = fh.get_tensor(key)
+        linear = nn.Linear(in_f, out_f, bias=bias_name in tensors)
+        linear.weight.data = tensors[name].float()
+        if bias_name in tensors:
+            linear.bias.data = tensors[bias_name].float()
+        linears.append(linear)
+    return RewardHead(linears)
+
+
+def _read_rows(folder: Path, name: str, rows: list[int]) -> Tensor:
+    """Selected rows of one weight from the checkpoint's safetensors files, without loading the whole tensor."""
+    from safetensors import safe_open
+
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        files = [folder / json.loads(index.read_text())["weight_map"][name]]
+    else:
+        files = [folder / "model.safetensors"]
+    for f in files:
+        if f.is_file():
+            with safe_open(str(f), framework="pt") as fh:
+                if name in fh.keys():  # noqa: SIM118 - safe_open handles have keys(), not __contains__
+                    part = fh.get_slice(name)
+                    return torch.stack([part[r] for r in rows]).float()
+    raise ConfigError(f"{folder}: no {name} in the safetensors files (needed for classifier_from_token)")
 
 
 def load_projector(root: Path, specs: Sequence[DenseSpec]) -> nn.Module | None:
@@ -135,7 +324,7 @@ def load_projector(root: Path, specs: Sequence[DenseSpec]) -> nn.Module | None:
                 mapped[f"linear.{name}"] = value
             elif key.startswith("residual."):
                 mapped[key] = value
-        missing, unexpected = dense.load_state_dict(mapped, strict=False)
+        missing, _ = dense.load_state_dict(mapped, strict=False)
         if missing:
             raise ConfigError(f"{root / spec.path}: Dense weights lack {', '.join(missing)}")
         layers.append(dense.float().eval().requires_grad_(False))
@@ -155,206 +344,57 @@ def _read_state(folder: Path) -> dict[str, Tensor]:
     raise ConfigError(f"{folder}: no model.safetensors or pytorch_model.bin for the Dense module")
 
 
-class ClassifierRunner:
-    """A model with a classifier head: padded ids -> float32 logits, [B, num_labels] per row or, with
-    `per_token`, [B, L, num_labels] per position.
+class Loader:
+    """One resolved model on one device: loads each body or head the engines ask for once, and keeps it.
 
-    Sequence- and token-classification checkpoints run through transformers' own classes, so every architectural
-    layer of the head (BERT's tanh pooler, RoBERTa's dense + out_proj, a decoder's last-token `score`) runs exactly
-    as in transformers. Three heads run on the model body instead: a causal LM converted with
-    `classifier_from_token` (or asked for `returned_token_ids` under STEP pooling) multiplies hidden states by the
-    chosen rows of the LM head, so the full vocabulary's logits are never computed; a reward model applies its
-    own head (read from the checkpoint); and a decoder's sequence classifier applies its `score` layer to every
-    position for per-token logits.
-    """
+    `dtype` is the compute dtype of the bodies; a float32 twin is loaded only when a task recomputes a non-finite
+    row in float32 and the run's dtype is lower."""
 
-    def __init__(
-        self,
-        model: ResolvedModel,
-        *,
-        device: str,
-        dtype: DType,
-        trust_remote_code: bool,
-        pad_id: int,
-        per_token: bool = False,
-        lm_rows: Sequence[int] | None = None,
-    ) -> None:
-        quiet_transformers()
-        from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
-
-        info = model.classifier
-        if info is None and lm_rows is None:
-            raise ConfigError(f"{model.name} has no classifier head")
+    def __init__(self, model: ResolvedModel, *, device: str, dtype: DType, trust_remote_code: bool) -> None:
+        self.model = model
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        self.per_token = per_token
-        self.pad_id = pad_id
-        # Set when the model body runs alone and this head turns its hidden states into logits.
-        self.head: Callable[[Tensor], Tensor] | None = None
-        try:
-            config = AutoConfig.from_pretrained(model.path, trust_remote_code=trust_remote_code)
-            for key, value in model.hf_overrides.items():
-                setattr(config, key, value)
-            if model.is_decoder and getattr(config, "pad_token_id", None) is None:
-                # transformers finds a decoder's last real token by the pad id; rows are padded with ours.
-                config.pad_token_id = pad_id
-            body_only = lm_rows is not None or (info is not None and info.head in ("from_token", "reward"))
-            if body_only:
-                self.model = AutoModel.from_pretrained(
-                    model.path, config=config, dtype=self.dtype, trust_remote_code=trust_remote_code
-                )
-                if lm_rows is not None or (info is not None and info.head == "from_token"):
-                    weight = self._token_weight(model, config, lm_rows).to(self.device)
-                    self.head = lambda h: h.float() @ weight.T
-                else:
-                    self.head = _reward_head(Path(model.path)).to(self.device)
-                # Remote code may map AutoModel to the reward class itself (InternLM2, Qwen2.5-Math-PRM): its
-                # output would be rewards, not hidden states, so run its body.
-                base = getattr(self.model, "base_model", self.model)
-                if base is not self.model:
-                    self.model = base
-            else:
-                assert info is not None
-                from transformers import AutoModelForTokenClassification
+        self.trust_remote_code = trust_remote_code
+        self._cache: dict[tuple[Any, ...], Any] = {}
 
-                auto: Any = (
-                    AutoModelForTokenClassification
-                    if per_token and info.head == "token"
-                    else AutoModelForSequenceClassification
-                )
-                self.model, loading = auto.from_pretrained(
-                    model.path,
-                    config=config,
-                    dtype=self.dtype,
-                    trust_remote_code=trust_remote_code,
-                    output_loading_info=True,
-                )
-                missing = list(loading.get("missing_keys") or [])
-                if missing:
-                    # A head initialised at random would give confident nonsense: refuse instead.
-                    raise ConfigError(
-                        f"{model.name}: the checkpoint has no classifier weights ({', '.join(sorted(missing)[:3])} "
-                        "missing)",
-                        hint="a generative checkpoint needs classifier_from_token (e.g. --config qwen3-reranker)",
-                    )
-                if per_token and info.head == "sequence":
-                    # A decoder classifier's `score` is per position; transformers then keeps the last one. It
-                    # runs in float32 on the model's device, as vLLM's head does.
-                    score = getattr(self.model, "score", None)
-                    if score is None:
-                        raise ConfigError(f"{model.name}: its classifier has no per-position `score` layer")
-                    score = score.to(self.device).float()
-                    self.model = self.model.base_model
-                    self.head = lambda h: score(h.float())
-        except (OSError, ValueError, KeyError) as exc:
-            raise ConfigError(f"cannot load model {model.name}: {str(exc).splitlines()[0]}") from None
-        self.model.eval().to(self.device)
+    def _get(self, key: tuple[Any, ...], make: Any) -> Any:
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
 
-    def _token_weight(self, model: ResolvedModel, config: object, lm_rows: Sequence[int] | None) -> Tensor:
-        """[num_labels, hidden] float32 from the LM head rows of the classifier tokens (vLLM section 7), or of
-        `lm_rows` (token ids) when given."""
-        from transformers import AutoTokenizer
+    def hidden_state_model(self, *, float32: bool = False) -> HiddenStateModel:
+        dtype = torch.float32 if float32 else self.dtype
+        made: HiddenStateModel = self._get(
+            ("hidden", dtype),
+            lambda: HiddenStateModel(
+                self.model, device=self.device, dtype=dtype, trust_remote_code=self.trust_remote_code
+            ),
+        )
+        return made
 
-        info = model.classifier
-        from_token = info.from_token if info is not None else None
-        if lm_rows is not None:
-            ids = list(lm_rows)
-            vocab = int(self.model.get_input_embeddings().weight.shape[0])
-            bad = [i for i in ids if not 0 <= i < vocab]
-            if bad:
-                raise ConfigError(f"returned_token_ids {bad} are outside the vocabulary (0..{vocab - 1})")
-        else:
-            assert from_token is not None
-            tok = AutoTokenizer.from_pretrained(model.path)
-            ids = []
-            for t in from_token.tokens:
-                i = tok.convert_tokens_to_ids(t)
-                if not isinstance(i, int) or i == tok.unk_token_id:
-                    raise ConfigError(f"classifier_from_token: the tokenizer has no token {t!r}")
-                ids.append(i)
-        text_config = getattr(config, "text_config", None) or config
-        rows: Tensor
-        if getattr(text_config, "tie_word_embeddings", False):
-            rows = self.model.get_input_embeddings().weight[ids].detach().float()
-        else:
-            rows = _read_rows(Path(model.path), "lm_head.weight", ids)
-        if lm_rows is None and from_token is not None and from_token.method == "from_2_way_softmax":
-            rows = (rows[1] - rows[0]).unsqueeze(0)
-        return rows
+    def logits_model(
+        self, *, pad_id: int, per_token: bool = False, lm_rows: Sequence[int] | None = None, float32: bool = False
+    ) -> LogitsModel:
+        dtype = torch.float32 if float32 else self.dtype
+        rows = tuple(lm_rows) if lm_rows is not None else None
+        made: LogitsModel = self._get(
+            ("logits", dtype, pad_id, per_token, rows),
+            lambda: LogitsModel(
+                self.model,
+                device=self.device,
+                dtype=dtype,
+                trust_remote_code=self.trust_remote_code,
+                pad_id=pad_id,
+                per_token=per_token,
+                lm_rows=rows,
+            ),
+        )
+        return made
 
-    @torch.inference_mode()
-    def logits(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None) -> Tensor:
-        kwargs = {
-            "input_ids": input_ids.to(self.device, non_blocking=True),
-            "attention_mask": attention_mask.to(self.device, non_blocking=True),
-        }
-        if token_type_ids is not None:
-            kwargs["token_type_ids"] = token_type_ids.to(self.device, non_blocking=True)
-        out = self.model(**kwargs)
-        if self.head is None:
-            logits: Tensor = out.logits
-            return logits.float()
-        hidden: Tensor = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-        if self.per_token:
-            return self.head(hidden)
-        mask = kwargs["attention_mask"]
-        last = mask.sum(dim=1) - 1  # rows are right-padded
-        return self.head(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
+    def projector(self) -> nn.Module | None:
+        def make() -> nn.Module | None:
+            projector = load_projector(Path(self.model.root), self.model.dense)
+            return projector.to(self.device) if projector is not None else None
 
-
-def _reward_head(folder: Path) -> nn.Module:
-    """A reward model's head from its checkpoint, in float32: its Linear layers with a ReLU between each (Qwen2
-    reward models: Linear(h, h) -> ReLU -> Linear(h, labels); InternLM2: one Linear)."""
-    from safetensors import safe_open
-    from torch import nn
-
-    from poolcli.engine.resolve import reward_head_layers
-
-    layers: list[nn.Module] = []
-    for name, (out_f, in_f) in reward_head_layers(folder):
-        bias_name = name.removesuffix("weight") + "bias"
-        tensors: dict[str, Tensor] = {}
-        for f in sorted(folder.glob("*.safetensors")):
-            with safe_open(str(f), framework="pt") as fh:
-                for key in (name, bias_name):
-                    if key in fh.keys():  # noqa: SIM118 - safe_open handles have keys(), not __contains__
-                        tensors[key] = fh.get_tensor(key)
-        linear = nn.Linear(in_f, out_f, bias=bias_name in tensors)
-        linear.weight.data = tensors[name].float()
-        if bias_name in tensors:
-            linear.bias.data = tensors[bias_name].float()
-        if layers:
-            layers.append(nn.ReLU())
-        layers.append(linear)
-    head = nn.Sequential(*layers).eval().requires_grad_(False)
-    return _Float32Head(head)
-
-
-class _Float32Head(torch.nn.Module):
-    def __init__(self, head: nn.Module) -> None:
-        super().__init__()
-        self.inner = head
-
-    def forward(self, hidden: Tensor) -> Tensor:
-        out: Tensor = self.inner(hidden.float())
-        return out
-
-
-def _read_rows(folder: Path, name: str, rows: list[int]) -> Tensor:
-    """Selected rows of one weight from the checkpoint's safetensors files, without loading the whole tensor."""
-    from safetensors import safe_open
-
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        import json
-
-        files = [folder / json.loads(index.read_text())["weight_map"][name]]
-    else:
-        files = [folder / "model.safetensors"]
-    for f in files:
-        if f.is_file():
-            with safe_open(str(f), framework="pt") as fh:
-                if name in fh.keys():  # noqa: SIM118 - safe_open handles have keys(), not __contains__
-                    part = fh.get_slice(name)
-                    return torch.stack([part[r] for r in rows]).float()
-    raise ConfigError(f"{folder}: no {name} in the safetensors files (needed for classifier_from_token)")
+        made: nn.Module | None = self._get(("projector",), make)
+        return made

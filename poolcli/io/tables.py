@@ -1,4 +1,7 @@
-"""Arrow schemas and conversions: vectors go from numpy buffers into Arrow arrays without Python lists."""
+"""One table builder per task: a block's results -> that task's Arrow table, with a fixed schema.
+
+Vectors go from numpy buffers into Arrow arrays without Python lists. Tables carry no key-value metadata; the
+driver that writes them adds the run's (`poolcli` key: fingerprint, plan, model identity)."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from poolcli.errors import DataError
-from poolcli.io.records import Block
+from poolcli.io.records import Block, Encoded
 from poolcli.vocab import OutputDType
 
 if TYPE_CHECKING:
@@ -32,11 +35,10 @@ class EmbedTableBuilder:
     value_column = "embedding"
     """The column whose values the part validation checks for finiteness."""
 
-    def __init__(self, dim: int, dtype: OutputDType, keep_columns: tuple[str, ...], metadata: dict[bytes, bytes]):
+    def __init__(self, dim: int, dtype: OutputDType, keep_columns: tuple[str, ...]):
         self.dim = dim
         self.dtype = dtype
         self.keep_columns = keep_columns
-        self.metadata = metadata
         self.schema: pa.Schema | None = None
 
     def observe(self, block: Block) -> None:
@@ -60,7 +62,7 @@ class EmbedTableBuilder:
             pa.field("truncated", pa.bool_()),
         ]
         fields += [pa.field(c, pa.null()) for c in self.keep_columns]
-        return pa.schema(fields, metadata=self.metadata)
+        return pa.schema(fields)
 
     def table(
         self,
@@ -97,7 +99,7 @@ class EmbedTableBuilder:
             names.append(col)
         if self.schema is None or promoted:
             fields = [pa.field(name, arr.type) for name, arr in zip(names, arrays, strict=True)]
-            self.schema = pa.schema(fields, metadata=self.metadata)
+            self.schema = pa.schema(fields)
         return pa.Table.from_arrays(arrays, schema=self.schema)
 
 
@@ -115,9 +117,8 @@ class ClassifyTableBuilder(EmbedTableBuilder):
         threshold: float,
         top_k: int,
         keep_columns: tuple[str, ...],
-        metadata: dict[bytes, bytes],
     ) -> None:
-        super().__init__(len(labels), "float32", keep_columns, metadata)
+        super().__init__(len(labels), "float32", keep_columns)
         self.labels = labels
         self.multi_label = multi_label
         self.threshold = threshold
@@ -214,9 +215,8 @@ class TokenClassifyTableBuilder(EmbedTableBuilder):
         aggregate: bool,
         ignore_labels: frozenset[str],
         keep_columns: tuple[str, ...],
-        metadata: dict[bytes, bytes],
     ) -> None:
-        super().__init__(len(labels), "float32", keep_columns, metadata)
+        super().__init__(len(labels), "float32", keep_columns)
         self.labels = labels
         self.step = step
         self.step_tag_id = step_tag_id
@@ -229,8 +229,6 @@ class TokenClassifyTableBuilder(EmbedTableBuilder):
     def observe(self, block: Block) -> None:
         if self.schema is None and block.ids:
             n = len(block.ids)
-            from poolcli.engine.tokenize import Encoded
-
             empty = np.empty(n, dtype=object)
             for i in range(n):
                 empty[i] = np.zeros((0, self.dim), dtype=np.float32)
@@ -295,3 +293,104 @@ class TokenClassifyTableBuilder(EmbedTableBuilder):
         if self.step_tag_id is None:
             return np.arange(len(arr), dtype=np.int32)
         return np.flatnonzero(arr == self.step_tag_id).astype(np.int32)
+
+
+# -- score and rerank ---------------------------------------------------------------------------------------------
+
+
+def id_type(values: Any) -> str:
+    """Ids keep their type (int64 or string); a mix of types is written as strings. Decided once per job, so
+    every part of a run (and of a resumed run) has the same schema."""
+    kinds = {type(v) for v in values if v is not None}
+    return "int64" if kinds <= {int} else "string"
+
+
+def _id_array(values: list[Any], kind: str) -> pa.Array:
+    if kind == "int64":
+        return pa.array(values, type=pa.int64())
+    return pa.array([v if v is None or isinstance(v, str) else str(v) for v in values], type=pa.string())
+
+
+def _id_field(name: str, kind: str) -> pa.Field:
+    return pa.field(name, pa.int64() if kind == "int64" else pa.string())
+
+
+class ScoreTableBuilder:
+    """score: `id`, then `id_1`/`id_2` (two inputs), `score`, then the kept columns."""
+
+    value_column = "score"
+    id_column = "id"
+
+    def __init__(self, *, id_kind: str, pair_kind: str | None, keep_columns: tuple[str, ...]) -> None:
+        self.id_kind = id_kind
+        self.pair_kind = pair_kind
+        """The type of `id_1`/`id_2`, or None when the pairs have no ids of their own (one input)."""
+        self.keep_columns = keep_columns
+
+    def table(
+        self,
+        ids: list[Any],
+        scores: list[float],
+        keep: dict[str, list[Any]],
+        id_1: list[Any] | None = None,
+        id_2: list[Any] | None = None,
+    ) -> pa.Table:
+        arrays = [_id_array(ids, self.id_kind)]
+        names = ["id"]
+        if self.pair_kind is not None:
+            assert id_1 is not None and id_2 is not None
+            arrays += [_id_array(id_1, self.pair_kind), _id_array(id_2, self.pair_kind)]
+            names += ["id_1", "id_2"]
+        arrays.append(pa.array(scores, type=pa.float32()))
+        names.append("score")
+        for c in self.keep_columns:
+            arrays.append(pa.array(keep[c]))
+            names.append(c)
+        return pa.Table.from_arrays(arrays, names=names)
+
+    def empty_schema(self) -> pa.Schema:
+        fields = [_id_field("id", self.id_kind)]
+        if self.pair_kind is not None:
+            fields += [_id_field("id_1", self.pair_kind), _id_field("id_2", self.pair_kind)]
+        fields.append(pa.field("score", pa.float32()))
+        return pa.schema(fields)
+
+
+class RerankTableBuilder:
+    """rerank: `query_id`, `rank` (1-based), `index` (position in the query's documents), `document_id`,
+    `relevance_score`, then `document` with --return-documents."""
+
+    value_column = "relevance_score"
+    id_column = "query_id"
+    columns = ("query_id", "rank", "index", "document_id", "relevance_score")
+
+    def __init__(self, *, query_kind: str, document_kind: str, return_documents: bool) -> None:
+        self.query_kind = query_kind
+        self.document_kind = document_kind
+        self.return_documents = return_documents
+
+    def table(self, cols: dict[str, list[Any]]) -> pa.Table:
+        arrays = [
+            _id_array(cols["query_id"], self.query_kind),
+            pa.array(cols["rank"], type=pa.int32()),
+            pa.array(cols["index"], type=pa.int32()),
+            _id_array(cols["document_id"], self.document_kind),
+            pa.array(cols["relevance_score"], type=pa.float32()),
+        ]
+        names = list(self.columns)
+        if self.return_documents:
+            arrays.append(pa.array(cols["document"], type=pa.string()))
+            names.append("document")
+        return pa.Table.from_arrays(arrays, names=names)
+
+    def empty_schema(self) -> pa.Schema:
+        fields = [
+            _id_field("query_id", self.query_kind),
+            pa.field("rank", pa.int32()),
+            pa.field("index", pa.int32()),
+            _id_field("document_id", self.document_kind),
+            pa.field("relevance_score", pa.float32()),
+        ]
+        if self.return_documents:
+            fields.append(pa.field("document", pa.string()))
+        return pa.schema(fields)

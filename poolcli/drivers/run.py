@@ -1,0 +1,132 @@
+"""A file run, from a request to its outcome: the path `poolcli <task>` and `poolcli.run_file` share.
+
+Request -> configs -> input opened (or the score/rerank job loaded) -> model resolved -> output paths checked against
+the inputs -> plan and engine -> feed -> the local driver. Everything that can be refused is refused before
+anything is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from poolcli.config import DriverConfig, ScoreOptions
+from poolcli.errors import UsageError
+from poolcli.faults import Faults
+from poolcli.request import Request, build
+
+if TYPE_CHECKING:
+    from poolcli.console import Progress
+    from poolcli.drivers.feed import Feed
+    from poolcli.drivers.local import Outcome
+    from poolcli.io.pairs import PairJob
+    from poolcli.io.readers import Source
+    from poolcli.model.resolve import ResolvedModel
+
+
+def run_file_request(
+    req: Request,
+    *,
+    make_progress: Callable[[str, DriverConfig], Progress] | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> Outcome:
+    """Run `req` (which names an input) to its output. `make_progress(description, driver config)` builds the
+    progress display (none by default); `warn` receives warnings (stderr unless quiet, by default)."""
+    import torch
+
+    from poolcli.console import NullProgress, print_warning
+    from poolcli.drivers.feed import PairFeed, RowFeed
+    from poolcli.drivers.local import run_local
+    from poolcli.engine.tasks import build_engine
+    from poolcli.io.readers import InputSpec, open_source
+    from poolcli.model.load import Loader
+    from poolcli.model.resolve import resolve_model
+
+    configs = build(req)
+    driver = configs.driver
+    if driver is None:
+        raise UsageError("a file run needs an input")
+    eng = configs.engine
+    faults = Faults.from_env()
+    job: PairJob | None = None
+    if req.task in ("score", "rerank"):
+        assert isinstance(configs.options, ScoreOptions)
+        job = _load_job(req, driver, configs.options)
+        sources = job.sources
+    else:
+        sources = [open_source(InputSpec(driver.inputs[0], driver.text_field, driver.id_field, driver.keep_columns))]
+    model = resolve_model(
+        eng.model, hf_overrides=eng.hf_overrides, convert=eng.convert, max_model_len=eng.max_model_len
+    )
+    check_output_paths(driver, sources, model)
+    loader = Loader(model, device=eng.device, dtype=eng.dtype, trust_remote_code=eng.trust_remote_code)
+    engine = build_engine(
+        req.task,
+        model,
+        loader,
+        eng,
+        configs.plan,
+        configs.options,
+        keep_columns=driver.keep_columns,
+        job=job,
+        faults=faults,
+        warn=warn or (lambda message: print_warning(message, quiet=driver.quiet)),
+    )
+    feed: Feed
+    if job is not None:
+        from poolcli.engine.score import ScoreEngine
+
+        assert isinstance(engine, ScoreEngine)
+        feed = PairFeed(engine, part_rows=driver.part_rows)
+    else:
+        from poolcli.engine.base import RowEngine
+
+        assert isinstance(engine, RowEngine)
+        if driver.part_rows % eng.window_rows and driver.part_rows > eng.window_rows:
+            raise UsageError(
+                f"--part-rows ({driver.part_rows}) must be a multiple of --window-rows ({eng.window_rows})"
+            )
+        feed = RowFeed(
+            sources[0], engine, window_rows=min(eng.window_rows, driver.part_rows), part_rows=driver.part_rows
+        )
+    torch.manual_seed(driver.seed)
+    description = f"{req.task} {model.name}"
+    progress = make_progress(description, driver) if make_progress is not None else NullProgress()
+    return run_local(engine, feed, driver, sources, progress, faults)
+
+
+def _load_job(req: Request, driver: DriverConfig, opts: ScoreOptions) -> PairJob:
+    from poolcli.io.pairs import load_rerank_job, load_score_job
+
+    if req.task == "score":
+        return load_score_job(
+            driver.inputs,
+            query=opts.query,
+            cross=opts.cross,
+            text_field=driver.text_field,
+            id_field=driver.id_field,
+            keep_columns=driver.keep_columns,
+        )
+    if opts.top_n < 0:
+        raise UsageError(f"--top-n must be 0 (all) or more, got {opts.top_n}")
+    return load_rerank_job(
+        driver.inputs, query=opts.query, group_by=opts.group_by, text_field=driver.text_field, id_field=driver.id_field
+    )
+
+
+def check_output_paths(driver: DriverConfig, sources: list[Source], model: ResolvedModel) -> None:
+    """Before anything is written: no output, state or error path of this run may be (or hold) an input; the
+    model's files count as inputs too."""
+    from poolcli.drivers.local import default_errors_path, output_kind
+    from poolcli.io.safety import check_paths
+
+    model_files = [str(p) for p in Path(model.root).rglob("*") if p.is_file()] if model.root else []
+    check_paths(
+        [f for s in sources for f in s.files] + model_files,
+        [r for s in sources for r in s.roots],
+        driver.output,
+        output_kind(driver.output),
+        default_errors_path(driver),
+        default_errors_path(driver, explicit=False),
+    )

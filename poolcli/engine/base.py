@@ -1,0 +1,273 @@
+"""The engine seam: one object per task that turns a block of input rows (or pairs) into that task's Arrow table
+plus error rows and batch statistics.
+
+An engine knows the model, the plan and the batch template; it knows nothing about files, parts, progress or exit
+codes. Drivers (`poolcli.drivers`) feed it blocks and decide what happens to the results. An engine is cheap to
+build (it reads the plan and the tokenizer lazily) and loads the weights only on `load()`, so a driver can find
+out that an output is already complete without touching the model.
+
+Row tasks (embed, classify, token-classify) share `RowEngine`: tokenize (`prepare`, safe to run in a reader
+thread), apply `--on-too-long error`, run the task's forward through the batch template, and build the table of
+the good rows. A row task supplies `_load_model`, `_forward`, its table builder and, if it needs one, `_finish`.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+
+from poolcli.config import EngineConfig
+from poolcli.engine.batch import BatchStats, BatchTemplate, Collated, OnBatch, StopCheck, default_budget
+from poolcli.faults import NO_FAULTS, Faults
+from poolcli.io.records import Block, Encoded, ErrorRow
+from poolcli.model.identity import weights_digest
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from torch import Tensor
+
+    from poolcli.engine.plan import Plan
+    from poolcli.engine.tokenize import TextEncoder
+    from poolcli.io.tables import EmbedTableBuilder
+    from poolcli.model.load import Loader
+    from poolcli.model.resolve import ResolvedModel
+
+
+class BlockResult(NamedTuple):
+    """What an engine made of one block: the good rows' table (None when there are none), the error rows, and the
+    tokens and truncated rows it counted."""
+
+    table: pa.Table | None
+    errors: list[ErrorRow]
+    tokens: int
+    truncated: int
+
+
+class TaskEngine(ABC):
+    """What every task engine offers its drivers."""
+
+    task: str
+    """The task as recorded in the output's identity."""
+    id_column = "id"
+    value_column = "embedding"
+    """The column whose values must be finite (the part validation reads it)."""
+
+    def __init__(
+        self,
+        model: ResolvedModel,
+        loader: Loader,
+        config: EngineConfig,
+        *,
+        faults: Faults = NO_FAULTS,
+        warn: Callable[[str], None] = lambda message: None,
+    ) -> None:
+        self.model = model
+        self.loader = loader
+        self.config = config
+        self.faults = faults
+        self.warn = warn
+        self.threads = 0
+        self.load_seconds = 0.0
+        self._template: BatchTemplate | None = None
+        self._stats = BatchStats()
+
+    def identity(self) -> dict[str, Any]:
+        """Everything of this engine that decides the output bytes (a resumed run must match it exactly)."""
+        return {
+            "task": self.task,
+            "model": self.model.name,
+            "model_weights_sha256": weights_digest(Path(self.model.root)),
+            "plan": self.describe(),
+            "dtype": str(self.loader.dtype).removeprefix("torch."),
+        }
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """The resolved plan and output options, as recorded in the output metadata."""
+
+    @abstractmethod
+    def empty_schema(self) -> pa.Schema:
+        """The output schema when no row was written."""
+
+    def load(self) -> None:
+        """Load the weights and set the threads (once)."""
+        if self._template is not None:
+            return
+        from poolcli.model.load import configure_threads
+
+        started = time.monotonic()
+        pad_id = self._load_model()
+        self.threads = configure_threads(self.config.threads, self.loader.device)
+        budget = self.config.max_batch_tokens or default_budget(self.loader.device)
+        self._template = BatchTemplate(
+            budget=budget,
+            max_rows=self.config.max_batch_size,
+            device=self.loader.device.type,
+            pad_id=pad_id,
+            faults=self.faults,
+            warn=self.warn,
+        )
+        self._template.stats = self._stats
+        self.load_seconds = round(time.monotonic() - started, 3)
+
+    @abstractmethod
+    def _load_model(self) -> int:
+        """Load what the forward needs; returns the pad id batches are padded with."""
+
+    @property
+    def template(self) -> BatchTemplate:
+        if self._template is None:
+            self.load()
+        assert self._template is not None
+        return self._template
+
+    @property
+    def stats(self) -> BatchStats:
+        return self._stats
+
+    @property
+    def budget(self) -> int | None:
+        """The padded-token budget in force (lowered after an out-of-memory error); None before loading."""
+        return self._template.budget if self._template is not None else None
+
+    def restore_budget(self, budget: int) -> None:
+        """A resumed run continues with the budget an earlier run lowered to, so its batches stay the same."""
+        self.template.budget = min(self.template.budget, budget)
+
+
+class RowEngine(TaskEngine):
+    """One text per input row -> one output row (embed, classify, token-classify)."""
+
+    per_token = False
+    """The forward's output is per position ([B, L, ...]); each row keeps its own positions."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        loader: Loader,
+        config: EngineConfig,
+        *,
+        keep_columns: tuple[str, ...] = (),
+        faults: Faults = NO_FAULTS,
+        warn: Callable[[str], None] = lambda message: None,
+    ) -> None:
+        super().__init__(plan.model, loader, config, faults=faults, warn=warn)
+        self.plan = plan
+        self.keep_columns = keep_columns
+        self._encoder: TextEncoder | None = None
+        self.builder = self._builder()
+
+    @abstractmethod
+    def _builder(self) -> EmbedTableBuilder:
+        """The task's table builder."""
+
+    @abstractmethod
+    def _forward(self, batch: Collated, float32: bool) -> Tensor:
+        """Padded token ids -> the task's float32 outputs, one per row (or per position with `per_token`)."""
+
+    def _finish(self, values: list[np.ndarray], encoded: Sequence[Encoded]) -> list[np.ndarray]:
+        """Per-row post-processing of the outputs (e.g. STEP's tag positions); none by default."""
+        return values
+
+    def _encoder_options(self) -> dict[str, Any]:
+        return {}
+
+    @property
+    def encoder(self) -> TextEncoder:
+        if self._encoder is None:
+            from poolcli.engine.tokenize import TextEncoder
+
+            self._encoder = TextEncoder(self.plan, **self._encoder_options())
+        return self._encoder
+
+    def prepare(self, texts: Sequence[str]) -> list[Encoded]:
+        """Tokenize (the Rust tokenizer releases the GIL: a reader thread runs this ahead of the model)."""
+        return self.encoder.encode(texts) if texts else []
+
+    def observe(self, block: Block) -> None:
+        """A block that is not computed (a resumed run skipping committed parts) still fixes the schema of kept
+        columns, so every run of the same command derives the same column types from the same first rows."""
+        self.builder.observe(block)
+
+    def empty_schema(self) -> pa.Schema:
+        return self.builder.schema or self.builder.empty_schema()
+
+    def run(
+        self,
+        block: Block,
+        encoded: Sequence[Encoded],
+        *,
+        stop: StopCheck = lambda: None,
+        on_batch: OnBatch = lambda rows, tokens: None,
+    ) -> BlockResult:
+        """The block's good rows through the model; every row ends in the table or in the error rows."""
+        plan = self.plan
+        bad = list(block.errors)
+        keep = list(range(len(block.texts)))
+        if plan.on_too_long == "error":
+            keep = []
+            for i, enc in enumerate(encoded):
+                if enc.truncated:
+                    bad.append(
+                        ErrorRow(
+                            id=block.ids[i],
+                            source=block.sources[i],
+                            line=block.lines[i],
+                            code="TOO_LONG",
+                            row=block.rows[i],
+                            message=f"text is longer than {plan.max_tokens} tokens (--on-too-long error)",
+                        )
+                    )
+                else:
+                    keep.append(i)
+        values, failed = self.template.run(
+            [encoded[i] for i in keep],
+            [block.rows[i] for i in keep],
+            self._forward,
+            per_token=self.per_token,
+            stop=stop,
+            on_batch=on_batch,
+        )
+        for j, (code, message) in failed.items():
+            i = keep[j]
+            bad.append(
+                ErrorRow(
+                    id=block.ids[i],
+                    source=block.sources[i],
+                    line=block.lines[i],
+                    code=code,
+                    row=block.rows[i],
+                    message=message,
+                )
+            )
+        ok = [j for j in range(len(keep)) if j not in failed]
+        rows = [keep[j] for j in ok]
+        good = self._finish(
+            [v for j, v in enumerate(values) if j not in failed and v is not None], [encoded[i] for i in rows]
+        )
+        bad.sort(key=lambda e: e.row if e.row is not None else -1)
+        n_tokens = [len(encoded[i].ids) for i in rows]
+        truncated = [encoded[i].truncated for i in rows]
+        table = (
+            self.builder.table(
+                [block.ids[i] for i in rows],
+                self._stack(good),
+                n_tokens,
+                truncated,
+                {c: [block.keep[c][i] for i in rows] for c in self.keep_columns},
+                encoded=[encoded[i] for i in rows],
+                texts=[block.texts[i] for i in rows],
+            )
+            if rows
+            else None
+        )
+        return BlockResult(table, bad, sum(n_tokens), sum(truncated))
+
+    def _stack(self, values: list[np.ndarray]) -> Any:
+        """Fixed-width outputs become one [n, d] array; per-token tasks keep one array per row."""
+        return values if self.per_token else np.stack(values)

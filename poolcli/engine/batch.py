@@ -1,0 +1,225 @@
+"""The batch template every task runs its model through.
+
+A task gives a forward function (padded token ids -> its outputs, float32, one per row); the template does the
+rest, the same way for every task: length-sorted batches under the padded-token budget, collation, inference mode,
+the fault hooks the reliability tests use, out-of-memory halving, the per-row float32 recompute of non-finite
+outputs, and the counters the summary reports.
+
+- Out of memory: the batch is split in halves and each half retried, down to one row, which then fails alone as
+  OOM_SINGLE_ROW; the budget drops to half the failed batch so later batches fit. `budget` is the state a resumed
+  run restores.
+- Non-finite output: the row is recomputed alone with `float32=True` (the task decides what that means, usually a
+  float32 copy of the model); still non-finite, it becomes NONFINITE_OUTPUT.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Protocol
+
+import msgspec
+import numpy as np
+
+from poolcli.engine.scheduler import cut_batches
+from poolcli.faults import NO_FAULTS, Faults
+from poolcli.vocab import ErrorCode
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+
+DEFAULT_CPU_BATCH_TOKENS = 2048  # measured best for small encoders on a 2-core CPU (docs/performance.md)
+DEFAULT_GPU_BATCH_TOKENS = 65536
+
+Failed = dict[int, tuple[ErrorCode, str]]
+"""Rows (indices into the template's input) that produced no output: {index: (code, message)}."""
+OnBatch = Callable[[int, int], None]
+"""Called after each batch with (rows, real tokens)."""
+StopCheck = Callable[[], None]
+"""Called between batches; raises to stop the run (a signal arrived)."""
+
+
+class TokenSeq(Protocol):
+    @property
+    def ids(self) -> list[int]: ...
+
+    @property
+    def type_ids(self) -> list[int] | None: ...
+
+
+class Collated(NamedTuple):
+    """A padded batch: int64 [B, L] ids, mask and (for text pairs with token types) type ids."""
+
+    ids: Tensor
+    mask: Tensor
+    types: Tensor | None
+
+
+Forward = Callable[[Collated, bool], "Tensor"]
+"""(batch, float32) -> outputs [B, ...] (rows right-padded, so a per-token output's first n positions are the row's)."""
+
+
+def collate(rows: Sequence[TokenSeq], pad_id: int) -> Collated:
+    """Right-pad rows to the longest one."""
+    import torch
+
+    longest = max(len(r.ids) for r in rows)
+    ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), longest), dtype=torch.long)
+    with_types = rows[0].type_ids is not None
+    types = torch.zeros((len(rows), longest), dtype=torch.long) if with_types else None
+    for i, row in enumerate(rows):
+        n = len(row.ids)
+        ids[i, :n] = torch.as_tensor(row.ids, dtype=torch.long)
+        mask[i, :n] = 1
+        if types is not None and row.type_ids is not None:
+            types[i, :n] = torch.as_tensor(row.type_ids, dtype=torch.long)
+    return Collated(ids, mask, types)
+
+
+def is_oom(exc: BaseException) -> bool:
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def default_budget(device: torch.device | str) -> int:
+    kind = device if isinstance(device, str) else device.type
+    return DEFAULT_GPU_BATCH_TOKENS if kind == "cuda" else DEFAULT_CPU_BATCH_TOKENS
+
+
+class BatchStats(msgspec.Struct):
+    """What the summary reports about batching."""
+
+    batches: int = 0
+    padded_tokens: int = 0
+    oom_splits: int = 0
+
+
+class BatchTemplate:
+    """Runs a task's forward over rows of token ids; see the module docstring for what it owns."""
+
+    def __init__(
+        self,
+        *,
+        budget: int,
+        max_rows: int,
+        device: str,
+        pad_id: int,
+        faults: Faults = NO_FAULTS,
+        warn: Callable[[str], None] = lambda message: None,
+    ) -> None:
+        self.budget = budget
+        self.max_rows = max_rows
+        self.device = device
+        self.pad_id = pad_id
+        self.faults = faults
+        self.warn = warn
+        self.stats = BatchStats()
+
+    def run(
+        self,
+        items: Sequence[TokenSeq],
+        rows: Sequence[int],
+        forward: Forward,
+        *,
+        per_token: bool = False,
+        stop: StopCheck = lambda: None,
+        on_batch: OnBatch = lambda rows, tokens: None,
+    ) -> tuple[list[np.ndarray | None], Failed]:
+        """Each item's output (float32 numpy; with `per_token`, its first len(ids) positions) in item order, and
+        the items that failed. `rows` are the items' input row (or pair) numbers, for the fault hooks."""
+        lengths = [len(item.ids) for item in items]
+        out: list[np.ndarray | None] = [None] * len(items)
+        failed: Failed = {}
+
+        def compute(batch: list[int]) -> None:
+            try:
+                results = self._forward(items, rows, batch, forward, per_token=per_token, retry=False)
+            except Exception as exc:
+                if not is_oom(exc):
+                    raise
+                self.free()
+                padded = len(batch) * max(lengths[j] for j in batch)
+                if len(batch) == 1:
+                    failed[batch[0]] = ("OOM_SINGLE_ROW", f"out of memory even alone ({lengths[batch[0]]} tokens)")
+                    self.warn(
+                        f"out of memory on a single row of {lengths[batch[0]]} tokens; it becomes an "
+                        "OOM_SINGLE_ROW error row"
+                    )
+                    return
+                half = len(batch) // 2
+                self.budget = min(self.budget, max(1, padded // 2))
+                self.stats.oom_splits += 1
+                self.warn(
+                    f"out of memory on a batch of {len(batch)} rows x {padded // len(batch)} tokens; "
+                    f"splitting into {half} + {len(batch) - half}, batch budget now {self.budget} tokens"
+                )
+                compute(batch[:half])
+                compute(batch[half:])
+                return
+            for j, values in zip(batch, results, strict=True):
+                out[j] = values
+            on_batch(len(batch), sum(lengths[j] for j in batch))
+
+        for batch in cut_batches(lengths, max_tokens=self.budget, max_rows=self.max_rows):
+            compute(batch)
+            stop()
+
+        for j, values in enumerate(out):
+            if values is None or np.isfinite(values).all():
+                continue
+            out[j] = None
+            try:
+                (again,) = self._forward(items, rows, [j], forward, per_token=per_token, retry=True)
+            except Exception as exc:
+                if not is_oom(exc):
+                    raise
+                self.free()
+                failed[j] = ("OOM_SINGLE_ROW", "out of memory recomputing a non-finite row in float32")
+                continue
+            if np.isfinite(again).all():
+                out[j] = again
+            else:
+                failed[j] = ("NONFINITE_OUTPUT", "the model produced NaN or Inf for this row, also in float32 alone")
+        return out, failed
+
+    def _forward(
+        self,
+        items: Sequence[TokenSeq],
+        rows: Sequence[int],
+        batch: list[int],
+        forward: Forward,
+        *,
+        per_token: bool,
+        retry: bool,
+    ) -> list[np.ndarray]:
+        import torch
+
+        f = self.faults
+        collated = collate([items[j] for j in batch], self.pad_id)
+        batch_rows = [rows[j] for j in batch]
+        f.before_batch(batch_rows, collated.ids.numel())
+        with torch.inference_mode():
+            result = forward(collated, retry).float().cpu().numpy()
+        values = [result[k, : len(items[j].ids)] if per_token else result[k] for k, j in enumerate(batch)]
+        if f.nan_rows and (f.nan_always or not retry):
+            values = [
+                np.full_like(v, np.nan) if r in f.nan_rows else v for v, r in zip(values, batch_rows, strict=True)
+            ]
+        if f.slow_batch_seconds:
+            time.sleep(f.slow_batch_seconds)
+        self.stats.batches += 1
+        self.stats.padded_tokens += collated.ids.numel()
+        return values
+
+    def free(self) -> None:
+        import torch
+
+        gc.collect()
+        if self.device == "cuda":
+            torch.cuda.empty_cache()

@@ -1,0 +1,358 @@
+"""`score` and `rerank`: (query, document) pairs -> one number each.
+
+All pairs of a part flow through one length-sorted stream (windows of `window_rows` pairs, cut into batches under
+the padded-token budget), whatever query they belong to; rerank then sorts each query's documents. The scorer
+follows the plan (`poolcli.engine.scorers`): a cross-encoder, a bi-encoder or late interaction.
+
+The engine works on a `PairJob` (every text in memory, pairs as indices): its units are pairs (score) or queries
+(rerank), and `run_units(a, b)` scores units [a, b) into one table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import numpy as np
+
+from poolcli.config import EngineConfig, PlanOptions, ScoreOptions, ScoreTemplate
+from poolcli.engine.base import BlockResult, TaskEngine
+from poolcli.engine.batch import OnBatch, StopCheck
+from poolcli.engine.plan import (
+    Plan,
+    build_plan,
+    check_fields_for_task,
+    classifier_activation,
+    max_tokens,
+    preset_pooler,
+)
+from poolcli.errors import UsageError
+from poolcli.faults import NO_FAULTS, Faults
+from poolcli.io.pairs import Pair, PairJob, TextRow
+from poolcli.io.records import ErrorRow
+from poolcli.model.resolve import ResolvedModel
+from poolcli.vocab import Activation, ScoreType
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from poolcli.engine.scorers import Scorer
+    from poolcli.io.tables import RerankTableBuilder, ScoreTableBuilder
+    from poolcli.model.load import Loader
+
+
+class ScorePlan(msgspec.Struct, frozen=True, kw_only=True):
+    """How `score` and `rerank` compute one number per (query, document) pair."""
+
+    model: ResolvedModel
+    score_type: ScoreType
+    score_type_source: str
+    max_tokens: int
+    """Pair (cross-encoder) or text (bi-encoder, late interaction) limit, special tokens included."""
+    activation: Activation
+    use_activation: bool
+    logit_mean: float | None = None
+    logit_sigma: float | None = None
+    template: ScoreTemplate | None = None
+    instruction: str = ""
+    use_sep_token: bool = True
+    maxsim_normalize: bool = False
+    max_tokens_per_query: int = 0
+    max_tokens_per_doc: int = 0
+    embed: Plan | None = None
+    """The embedding plan of a bi-encoder or late-interaction scorer (pooling, normalize, projector, prompt)."""
+
+    def describe(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "score_type": self.score_type,
+            "score_type_source": self.score_type_source,
+            "max_tokens": self.max_tokens,
+        }
+        if self.score_type == "cross-encoder":
+            d |= {
+                "activation": self.activation if self.use_activation else "none",
+                "logit_mean": self.logit_mean,
+                "logit_sigma": self.logit_sigma,
+                "pair_encoding": "text pair" if self.use_sep_token else "concatenation",
+                "template": None if self.template is None else msgspec.to_builtins(self.template),
+                "instruction": self.instruction or None,
+                "max_tokens_per_query": self.max_tokens_per_query,
+                "max_tokens_per_doc": self.max_tokens_per_doc,
+            }
+        elif self.embed is not None:
+            d["embedding"] = self.embed.describe()
+            if self.score_type == "late-interaction":
+                d["maxsim_normalize"] = self.maxsim_normalize
+        return d
+
+
+def _detect_score_type(model: ResolvedModel) -> ScoreType:
+    if "classify" in model.supported_tasks and model.classifier is not None:
+        return "cross-encoder"
+    return "bi-encoder"  # late interaction is chosen with --score-type until token-embed models are detected
+
+
+def build_score_plan(plan_options: PlanOptions, opts: ScoreOptions, model: ResolvedModel) -> ScorePlan:
+    if opts.score_type == "auto":
+        score_type = _detect_score_type(model)
+        source = f"detected from the model ({model.architecture})"
+    else:
+        score_type = opts.score_type
+        source = "--score-type"
+    for name, value in (
+        ("max_tokens_per_query", opts.max_tokens_per_query),
+        ("max_tokens_per_doc", opts.max_tokens_per_doc),
+    ):
+        if value < 0:
+            raise UsageError(f"{name} must be a non-negative integer")
+        if value >= model.max_length:
+            raise UsageError(f"{name} ({value}) must be less than max_model_len ({model.max_length}).")
+    if opts.maxsim_normalize and score_type != "late-interaction":
+        raise UsageError(f"--maxsim-normalize applies to late-interaction scoring, not {score_type}")
+    if score_type == "cross-encoder":
+        info = model.classifier
+        if info is None or "classify" not in model.supported_tasks:
+            raise UsageError(
+                f"--score-type cross-encoder needs a sequence-classification model; {model.name} "
+                f"({model.architecture}) is not one",
+                hint="use --score-type bi-encoder for an embedding model",
+            )
+        if model.is_reward:
+            raise UsageError(
+                f"{model.name} is a reward model, not a cross-encoder",
+                hint="poolcli classify gives its sequence reward; token-classify its per-token rewards",
+            )
+        if info.num_labels != 1:
+            raise UsageError(
+                f"scoring needs a one-label classifier; {model.name} has {info.num_labels} labels",
+                hint="use poolcli classify for a multi-label or multi-class model",
+            )
+        preset = preset_pooler(plan_options, "classify")
+        upper = plan_options.pooler_flags.over(plan_options.pooler_config).over(preset)
+        check_fields_for_task("classify", upper.to_dict(), source="pooler config")
+        limit = max_tokens(plan_options, model)
+        template = plan_options.preset.score if plan_options.preset is not None else None
+        instruction = opts.instruction if opts.instruction is not None else (template.instruction if template else "")
+        return ScorePlan(
+            model=model,
+            score_type=score_type,
+            score_type_source=source,
+            max_tokens=limit,
+            activation=classifier_activation(info),
+            use_activation=True if upper.use_activation is None else upper.use_activation,
+            logit_mean=upper.logit_mean,
+            logit_sigma=upper.logit_sigma,
+            template=template,
+            instruction=instruction,
+            use_sep_token=info.use_sep_token and template is None,
+            max_tokens_per_query=opts.max_tokens_per_query,
+            max_tokens_per_doc=opts.max_tokens_per_doc,
+        )
+    if opts.max_tokens_per_query or opts.max_tokens_per_doc:
+        raise UsageError("--max-tokens-per-query/--max-tokens-per-doc apply to cross-encoders only")
+    if "embed" not in model.supported_tasks:
+        raise UsageError(
+            f"--score-type {score_type} needs an embedding model; {model.name} ({model.architecture}) is a classifier",
+            hint="leave --score-type to auto for a cross-encoder",
+        )
+    upper = plan_options.pooler_flags.over(plan_options.pooler_config)
+    check_fields_for_task("embed", upper.to_dict(), source="pooler config")
+    embed = build_plan(plan_options, model, "embed")
+    if embed.params.dimensions is not None and score_type == "late-interaction":
+        raise UsageError("--dimensions does not apply to late-interaction scoring")
+    return ScorePlan(
+        model=model,
+        score_type=score_type,
+        score_type_source=source,
+        max_tokens=embed.max_tokens,
+        activation="identity",
+        use_activation=False,
+        embed=embed,
+        maxsim_normalize=opts.maxsim_normalize,
+    )
+
+
+class Units(msgspec.Struct):
+    """What a part covers: pairs (score) or queries (rerank)."""
+
+    n: int
+    per_part: int
+
+
+class ScoreEngine(TaskEngine):
+    """One score per pair (score) or a ranking per query (rerank), through the plan's scorer."""
+
+    def __init__(
+        self,
+        plan: ScorePlan,
+        job: PairJob,
+        loader: Loader,
+        config: EngineConfig,
+        *,
+        rerank: bool,
+        options: ScoreOptions | None = None,
+        keep_columns: tuple[str, ...] = (),
+        faults: Faults = NO_FAULTS,
+        warn: Callable[[str], None] = lambda message: None,
+    ) -> None:
+        super().__init__(plan.model, loader, config, faults=faults, warn=warn)
+        options = options or ScoreOptions()
+        if rerank and options.top_n < 0:
+            raise UsageError(f"--top-n must be 0 (all) or more, got {options.top_n}")
+        self.task = "rerank" if rerank else "score"
+        self.rerank = rerank
+        self.plan = plan
+        self.job = job
+        self.options = options
+        self.keep_columns = keep_columns
+        self.scorer: Scorer | None = None
+        self.builder: ScoreTableBuilder | RerankTableBuilder
+        from poolcli.io.tables import RerankTableBuilder, ScoreTableBuilder, id_type
+
+        if rerank:
+            self.id_column, self.value_column = "query_id", "relevance_score"
+            self.builder = RerankTableBuilder(
+                query_kind=id_type(g.query_id for g in job.groups),
+                document_kind=id_type(p.id for p in job.pairs),
+                return_documents=options.return_documents,
+            )
+        else:
+            self.id_column, self.value_column = "id", "score"
+            pair_kind = id_type([p.id_1 for p in job.pairs] + [p.id_2 for p in job.pairs]) if job.two_ids else None
+            self.builder = ScoreTableBuilder(
+                id_kind=id_type(p.id for p in job.pairs), pair_kind=pair_kind, keep_columns=keep_columns
+            )
+
+    def describe(self) -> dict[str, Any]:
+        return self.plan.describe()
+
+    def identity(self) -> dict[str, Any]:
+        return super().identity() | {
+            "input_form": self.job.form,
+            "score_options": msgspec.to_builtins(self.options),
+        }
+
+    def empty_schema(self) -> pa.Schema:
+        return self.builder.empty_schema()
+
+    def units(self, part_rows: int) -> Units:
+        """How many units the job has, and how many go in one part of about `part_rows` pairs."""
+        job = self.job
+        if not self.rerank:
+            return Units(len(job.pairs), part_rows)
+        groups = max(1, len(job.groups))
+        # A rerank part holds whole queries, about `part_rows` pairs of them.
+        return Units(len(job.groups), max(1, part_rows * groups // max(1, len(job.pairs))))
+
+    def pairs_in(self, a: int, b: int) -> int:
+        """Pairs of units [a, b)."""
+        job = self.job
+        return (job.groups[b - 1].stop - job.groups[a].start) if self.rerank and b > a else (b - a)
+
+    def _load_model(self) -> int:
+        from poolcli.engine.scorers import make_scorer
+
+        self.scorer = make_scorer(self)
+        return self.scorer.pad_id
+
+    def run_units(
+        self, start: int, stop_unit: int, *, stop: StopCheck = lambda: None, on_batch: OnBatch = lambda r, t: None
+    ) -> BlockResult:
+        """Score units [start, stop_unit): their table, error rows, tokens and truncated pairs."""
+        self.load()
+        assert self.scorer is not None
+        job, rerank = self.job, self.rerank
+        errors: list[ErrorRow] = []
+        if rerank:
+            groups = job.groups[start:stop_unit]
+            pair_ids = [p for g in groups for p in range(g.start, g.stop)]
+            gid_of = {p: start + gi for gi, g in enumerate(groups) for p in range(g.start, g.stop)}
+            # Errors of a query with no group (no group key) go with the first part.
+            errors += [
+                e for u, e in job.extra_errors if start <= u < stop_unit or (start == 0 and u >= len(job.groups))
+            ]
+        else:
+            pair_ids = list(range(start, stop_unit))
+            gid_of = {}
+        good: list[int] = []
+        for p in pair_ids:
+            query_id = job.groups[gid_of[p]].query_id if rerank else None
+            err = _pair_error(job, job.pairs[p], rerank=rerank, query_id=query_id)
+            if err is not None:
+                errors.append(err)
+            else:
+                good.append(p)
+        texts = [(_text(job.queries[job.pairs[p].q]), _text(job.docs[job.pairs[p].d])) for p in good]
+        scores, failed, n_tokens, truncated = self.scorer.score(texts, stop, on_batch)
+        ok: dict[int, float] = {}
+        for j, p in enumerate(good):
+            if j in failed:
+                code, message = failed[j]
+                pair = job.pairs[p]
+                row = job.docs[pair.d]
+                out_id = job.groups[gid_of[p]].query_id if rerank else pair.id
+                errors.append(ErrorRow(out_id, row.source, code, message, row.line, row.row))
+            else:
+                ok[p] = float(scores[j])
+        tokens = sum(n_tokens)
+        n_trunc = sum(truncated)
+        errors.sort(key=lambda e: e.row if e.row is not None else -1)
+        table = self._rerank_table(start, stop_unit, ok) if rerank else self._score_table(pair_ids, ok)
+        return BlockResult(table, errors, tokens, n_trunc)
+
+    def _rerank_table(self, start: int, stop_unit: int, ok: dict[int, float]) -> pa.Table | None:
+        from poolcli.io.tables import RerankTableBuilder
+
+        job, opts = self.job, self.options
+        builder = self.builder
+        assert isinstance(builder, RerankTableBuilder)
+        cols: dict[str, list[Any]] = {name: [] for name in builder.columns}
+        cols["document"] = []
+        for g in job.groups[start:stop_unit]:
+            members = [p for p in range(g.start, g.stop) if p in ok]
+            order = np.argsort(-np.array([ok[p] for p in members], dtype=np.float64), kind="stable")
+            if opts.top_n > 0:
+                order = order[: opts.top_n]
+            for rank, k in enumerate(order.tolist(), start=1):
+                pair = job.pairs[members[k]]
+                cols["query_id"].append(g.query_id)
+                cols["rank"].append(rank)
+                cols["index"].append(pair.index)
+                cols["document_id"].append(pair.id)
+                cols["relevance_score"].append(ok[members[k]])
+                cols["document"].append(job.docs[pair.d].text)
+        return builder.table(cols) if cols["query_id"] else None
+
+    def _score_table(self, pair_ids: list[int], ok: dict[int, float]) -> pa.Table | None:
+        from poolcli.io.tables import ScoreTableBuilder
+
+        job = self.job
+        builder = self.builder
+        assert isinstance(builder, ScoreTableBuilder)
+        kept = [p for p in pair_ids if p in ok]
+        if not kept:
+            return None
+        return builder.table(
+            [job.pairs[p].id for p in kept],
+            [ok[p] for p in kept],
+            {c: [job.keep[c][p] for p in kept] for c in self.keep_columns},
+            id_1=[job.pairs[p].id_1 for p in kept] if job.two_ids else None,
+            id_2=[job.pairs[p].id_2 for p in kept] if job.two_ids else None,
+        )
+
+
+def _text(row: TextRow) -> str:
+    assert row.text is not None
+    return row.text
+
+
+def _pair_error(job: PairJob, pair: Pair, *, rerank: bool, query_id: Any = None) -> ErrorRow | None:
+    """The error row of a pair with a bad side, or None when both sides are good."""
+    q, d = job.queries[pair.q], job.docs[pair.d]
+    for side, row in (("query", q), ("document", d)):
+        if row.error is not None or row.text is None:
+            e = row.error or ErrorRow(row.id, row.source, "MISSING_FIELD", "text is missing", row.line, row.row)
+            out_id = query_id if rerank else pair.id
+            return ErrorRow(out_id, e.source, e.code, f"{side}: {e.message}", e.line, e.row)
+    return None

@@ -1,0 +1,226 @@
+"""The three ways a pair becomes a score, each a forward through the shared batch template:
+
+- cross-encoder: the pair through the classifier (text-pair or templated encoding), then calibration and the final
+  activation;
+- bi-encoder: the cosine of the two texts' embeddings (the full embed head), each distinct text embedded once;
+- late interaction: MaxSim over per-token vectors, each distinct text encoded once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from poolcli.engine.batch import Failed, OnBatch, StopCheck
+from poolcli.vocab import ErrorCode
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from poolcli.engine.batch import Collated
+    from poolcli.engine.score import ScoreEngine
+    from poolcli.engine.tokenize import PairEncoder, TextEncoder
+    from poolcli.io.records import Encoded
+
+Scores = tuple[np.ndarray, Failed, list[int], list[bool]]
+"""(score per pair, failed pairs, tokens per pair, truncated per pair)."""
+
+
+class Scorer(Protocol):
+    pad_id: int
+
+    def score(self, pairs: list[tuple[str, str]], stop: StopCheck, on_batch: OnBatch) -> Scores: ...
+
+
+class CrossEncoderScorer:
+    """Each pair through the classifier: text-pair (or templated) encoding, the model's head, calibration and the
+    final activation."""
+
+    def __init__(self, engine: ScoreEngine) -> None:
+        from poolcli.engine.tokenize import PairEncoder
+        from poolcli.pooler.heads import ClassifierHead
+
+        plan = engine.plan
+        self.engine = engine
+        self.encoder: PairEncoder = PairEncoder(plan)
+        self.pad_id = self.encoder.pad_id
+        self.model = engine.loader.logits_model(pad_id=self.pad_id)
+        self.head = ClassifierHead(
+            plan.activation,
+            use_activation=plan.use_activation,
+            logit_mean=plan.logit_mean,
+            logit_sigma=plan.logit_sigma,
+        )
+
+    def _forward(self, batch: Collated, float32: bool) -> Tensor:
+        model = self.engine.loader.logits_model(pad_id=self.pad_id, float32=True) if float32 else self.model
+        return self.head(model.logits(batch.ids, batch.mask, batch.types))[:, 0]
+
+    def score(self, pairs: list[tuple[str, str]], stop: StopCheck, on_batch: OnBatch) -> Scores:
+        n = len(pairs)
+        scores = np.zeros(n, dtype=np.float32)
+        n_tokens = [0] * n
+        truncated = [False] * n
+        failed: Failed = {}
+        step = self.engine.config.window_rows
+        for w in range(0, n, step):
+            enc = self.encoder.encode(pairs[w : w + step])
+            values, window_failed = self.engine.template.run(
+                enc, list(range(w, w + len(enc))), self._forward, stop=stop, on_batch=on_batch
+            )
+            for j, e in enumerate(enc):
+                n_tokens[w + j] = len(e.ids)
+                truncated[w + j] = e.truncated
+                if j in window_failed:
+                    failed[w + j] = window_failed[j]
+                else:
+                    value = values[j]
+                    assert value is not None
+                    scores[w + j] = float(value)
+        return scores, failed, n_tokens, truncated
+
+
+class _TextCache:
+    """Distinct texts -> their representation, computed once per run (both sides share it)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+        self.failed: dict[str, tuple[ErrorCode, str]] = {}
+        self.tokens: dict[str, tuple[int, bool]] = {}
+
+    def fill(
+        self,
+        texts: list[str],
+        window: int,
+        encode: Callable[[list[str]], list[Encoded]],
+        compute: Callable[[list[Encoded]], tuple[list[np.ndarray | None], Failed]],
+    ) -> None:
+        """Compute the texts not seen yet, a window at a time."""
+        todo = [t for t in dict.fromkeys(texts) if t not in self.values and t not in self.failed]
+        for w in range(0, len(todo), window):
+            chunk = todo[w : w + window]
+            enc = encode(chunk)
+            values, failed = compute(enc)
+            for j, text in enumerate(chunk):
+                self.tokens[text] = (len(enc[j].ids), enc[j].truncated)
+                if j in failed:
+                    self.failed[text] = failed[j]
+                else:
+                    self.values[text] = values[j]
+
+    def combine(self, pairs: list[tuple[str, str]], sim: Callable[[Any, Any], float]) -> Scores:
+        scores = np.zeros(len(pairs), dtype=np.float32)
+        failed: Failed = {}
+        n_tokens: list[int] = []
+        truncated: list[bool] = []
+        for i, (q, d) in enumerate(pairs):
+            tq, td = self.tokens[q], self.tokens[d]
+            n_tokens.append(tq[0] + td[0])
+            truncated.append(tq[1] or td[1])
+            bad = self.failed.get(q) or self.failed.get(d)
+            if bad is not None:
+                failed[i] = bad
+                continue
+            scores[i] = sim(self.values[q], self.values[d])
+        return scores, failed, n_tokens, truncated
+
+
+class _TextScorer:
+    """What the bi-encoder and late interaction share: the embedding plan's text encoder, the model body, and a
+    cache of each distinct text's representation."""
+
+    per_token = False
+
+    def __init__(self, engine: ScoreEngine) -> None:
+        from poolcli.engine.tokenize import TextEncoder
+
+        assert engine.plan.embed is not None
+        self.engine = engine
+        self.plan = engine.plan.embed
+        self.encoder: TextEncoder = TextEncoder(self.plan)
+        self.pad_id = self.encoder.pad_id
+        self.body = engine.loader.hidden_state_model()
+        self.cache = _TextCache()
+
+    def _hidden(self, batch: Collated, float32: bool) -> Tensor:
+        body = self.engine.loader.hidden_state_model(float32=True) if float32 else self.body
+        return body.hidden_states(batch.ids, batch.mask)
+
+    def _forward(self, batch: Collated, float32: bool) -> Tensor:
+        raise NotImplementedError
+
+    def _sim(self, a: Any, b: Any) -> float:
+        raise NotImplementedError
+
+    def score(self, pairs: list[tuple[str, str]], stop: StopCheck, on_batch: OnBatch) -> Scores:
+        def compute(enc: list[Encoded]) -> tuple[list[np.ndarray | None], Failed]:
+            return self.engine.template.run(
+                enc, list(range(len(enc))), self._forward, per_token=self.per_token, stop=stop, on_batch=on_batch
+            )
+
+        texts = [t for pair in pairs for t in pair]
+        self.cache.fill(texts, self.engine.config.window_rows, self.encoder.encode, compute)
+        return self.cache.combine(pairs, self._sim)
+
+
+class BiEncoderScorer(_TextScorer):
+    """Cosine of the two texts' embeddings (the full embed head: prompt, pooling, projector, normalize), in fp32
+    inputs with a float64 dot product."""
+
+    def __init__(self, engine: ScoreEngine) -> None:
+        from poolcli.pooler.dispatch import EmbedPooler
+
+        super().__init__(engine)
+        params = self.plan.params
+        self.pooler = EmbedPooler(
+            self.plan.pooling.modes,
+            projector=engine.loader.projector(),
+            dimensions=params.dimensions,
+            normalize=params.normalize,
+            skip_prompt_tokens=self.encoder.prompt_tokens,
+        )
+
+    def _forward(self, batch: Collated, float32: bool) -> Tensor:
+        hidden = self._hidden(batch, float32)
+        return self.pooler(hidden, batch.mask.to(hidden.device)).float()
+
+    def _sim(self, a: Any, b: Any) -> float:
+        a64, b64 = a.astype(np.float64), b.astype(np.float64)
+        denom = float(np.linalg.norm(a64) * np.linalg.norm(b64))
+        return float(a64 @ b64) / denom if denom > 0 else 0.0
+
+
+class LateInteractionScorer(_TextScorer):
+    """MaxSim over token vectors: every token's final hidden state (special tokens included), through the
+    model's projector if it has one, L2-normalized per token, summed over query tokens of the best document
+    match."""
+
+    per_token = True
+
+    def __init__(self, engine: ScoreEngine) -> None:
+        from poolcli.pooler.heads import TokenEmbeddingHead
+
+        super().__init__(engine)
+        self.head = TokenEmbeddingHead(engine.loader.projector(), self.plan.params.normalize)
+        self.by_length = engine.plan.maxsim_normalize
+
+    def _forward(self, batch: Collated, float32: bool) -> Tensor:
+        return self.head(self._hidden(batch, float32))
+
+    def _sim(self, a: Any, b: Any) -> float:
+        import torch
+
+        from poolcli.pooler.heads import maxsim
+
+        return maxsim(torch.from_numpy(a), torch.from_numpy(b), normalize_by_length=self.by_length)
+
+
+def make_scorer(engine: ScoreEngine) -> Scorer:
+    kind = engine.plan.score_type
+    if kind == "cross-encoder":
+        return CrossEncoderScorer(engine)
+    if kind == "bi-encoder":
+        return BiEncoderScorer(engine)
+    return LateInteractionScorer(engine)

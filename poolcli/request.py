@@ -1,0 +1,294 @@
+"""A run as the user asks for it, by option name -> the validated, frozen configs the engine and drivers take.
+
+The command line and the Python API both build a `Request` (the command line from its flags, the API from keyword
+arguments with the same names) and turn it into configs here, so they accept the same options with the same checks
+and the same error messages. Values may come as command-line strings ("a,b", '{"k": 1}', "auto") or as Python
+values (lists, dicts, numbers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any, NamedTuple, TypeVar
+
+import msgspec
+
+from poolcli.config import (
+    DEFAULT_PART_ROWS,
+    ClassifyOptions,
+    DriverConfig,
+    EmbedOptions,
+    EngineConfig,
+    PlanOptions,
+    PoolerConfig,
+    Preset,
+    ScoreOptions,
+    TaskOptions,
+    TokenClassifyOptions,
+    load_json_or_file,
+    parse_pooler_config,
+)
+from poolcli.errors import ConfigError, UsageError
+from poolcli.vocab import PoolingTask, Task
+
+_T = TypeVar("_T")
+
+POOLER_FLAGS = ("pooling_type", "normalize", "dimensions", "use_activation", "step_tag_id", "returned_token_ids")
+"""Pooler fields that are also flags (they win over --pooler-config and the preset)."""
+
+
+class Request(msgspec.Struct, kw_only=True):
+    """Every option of a run, by its command-line name with underscores; None (or the default) means not given."""
+
+    task: Task
+    input: str | None = None
+    input2: str | None = None
+    output: str | None = None
+    errors: str | None = None
+    model: str | None = None
+    config: str | None = None
+    pooler_config: str | Mapping[str, Any] | None = None
+    pooling_type: str | None = None
+    normalize: bool | None = None
+    dimensions: int | None = None
+    use_activation: bool | None = None
+    step_tag_id: int | None = None
+    returned_token_ids: str | Sequence[int] | None = None
+    prompt: str | None = None
+    prompt_name: str | None = None
+    truncate_prompt_tokens: int | None = None
+    truncation_side: str = "right"
+    on_too_long: str = "truncate"
+    text_field: str = "text"
+    id_field: str | None = None
+    keep_columns: str | Sequence[str] | None = None
+    output_dtype: str = "float32"
+    device: str = "auto"
+    dtype: str = "auto"
+    hf_overrides: str | Mapping[str, Any] | None = None
+    convert: str = "auto"
+    trust_remote_code: bool = False
+    max_model_len: int | None = None
+    max_batch_tokens: str | int | None = "auto"
+    max_batch_size: int = 512
+    window_rows: int = 4096
+    part_rows: int = DEFAULT_PART_ROWS
+    overwrite: bool = False
+    max_errors: int | None = None
+    max_error_rate: float | None = None
+    strict: bool = False
+    quiet: bool = False
+    progress: bool | None = None
+    verbose: bool = False
+    seed: int = 0
+    threads: int | None = None
+    # classify
+    top_k: int = 0
+    threshold: float = 0.5
+    # token-classify
+    offsets: bool = False
+    aggregate: str = "none"
+    ignore_labels: str | Sequence[str] = "O"
+    # score and rerank
+    query: str | None = None
+    cross: bool = False
+    group_by: str | None = None
+    top_n: int = 0
+    return_documents: bool = False
+    score_type: str = "auto"
+    maxsim_normalize: bool = False
+    max_tokens_per_query: int = 0
+    max_tokens_per_doc: int = 0
+    instruction: str | None = None
+
+    @classmethod
+    def from_flags(cls, task: Task, flags: Mapping[str, Any]) -> Request:
+        """A command's flags (its parameters, e.g. its `locals()`) -> a request; names it does not know are left."""
+        names = set(cls.__struct_fields__) - {"task"}
+        return cls(task=task, **{k: v for k, v in flags.items() if k in names})
+
+
+class Configs(NamedTuple):
+    engine: EngineConfig
+    plan: PlanOptions
+    options: TaskOptions
+    driver: DriverConfig | None
+    """None when the request has no input (the Python API's in-memory calls)."""
+
+
+def pooling_task(task: Task) -> PoolingTask:
+    return "embed" if task == "embed" else "token_classify" if task == "token_classify" else "classify"
+
+
+def build(req: Request) -> Configs:
+    """Parse and check every option of `req`; raises `UsageError`/`ConfigError` with the command line's messages."""
+    from poolcli.engine.plan import check_fields_for_task
+
+    preset, preset_name = load_preset(req.config)
+    pooler_data = parse_mapping(req.pooler_config, what="--pooler-config")
+    if req.task not in ("score", "rerank"):  # their pooling task depends on the model: checked in the score plan
+        check_fields_for_task(pooling_task(req.task), pooler_data, source="--pooler-config")
+    flags: dict[str, Any] = {k: getattr(req, k) for k in POOLER_FLAGS}
+    flags["returned_token_ids"] = _int_list(req.returned_token_ids, what="--returned-token-ids")
+    flags = {k: v for k, v in flags.items() if v is not None}
+    try:
+        flag_pooler = PoolerConfig(**flags).canonical()
+    except (ValueError, TypeError) as exc:
+        raise UsageError(str(exc)) from None
+    hf_overrides: dict[str, Any] = dict(preset.hf_overrides) if preset else {}
+    hf_overrides.update(parse_mapping(req.hf_overrides, what="--hf-overrides"))
+    engine = _convert(
+        EngineConfig,
+        model=req.model,
+        hf_overrides=hf_overrides,
+        convert=req.convert,
+        max_model_len=req.max_model_len,
+        trust_remote_code=req.trust_remote_code,
+        device=req.device,
+        dtype=req.dtype,
+        threads=req.threads,
+        max_batch_tokens=parse_batch_tokens(req.max_batch_tokens),
+        max_batch_size=req.max_batch_size,
+        window_rows=req.window_rows,
+    )
+    plan = _convert(
+        PlanOptions,
+        pooler_flags=flag_pooler,
+        pooler_config=parse_pooler_config(pooler_data, source="--pooler-config"),
+        preset=preset,
+        preset_name=preset_name,
+        prompt=req.prompt,
+        prompt_name=req.prompt_name,
+        truncate_prompt_tokens=req.truncate_prompt_tokens,
+        truncation_side=req.truncation_side,
+        on_too_long=req.on_too_long,
+    )
+    driver = None
+    if req.input is not None:
+        from poolcli.io.writers import default_output
+
+        driver = _convert(
+            DriverConfig,
+            task=req.task,
+            inputs=(req.input,) if req.input2 is None else (req.input, req.input2),
+            output=req.output or default_output(req.input, req.task),
+            errors=req.errors,
+            text_field=req.text_field,
+            id_field=req.id_field,
+            keep_columns=parse_keep_columns(req.keep_columns),
+            part_rows=req.part_rows,
+            overwrite=req.overwrite,
+            max_errors=0 if req.strict else req.max_errors,
+            max_error_rate=req.max_error_rate,
+            quiet=req.quiet,
+            progress=req.progress,
+            verbose=req.verbose,
+            seed=req.seed,
+        )
+    return Configs(engine, plan, task_options(req), driver)
+
+
+def task_options(req: Request) -> TaskOptions:
+    if req.task == "embed":
+        return _convert(EmbedOptions, output_dtype=req.output_dtype)
+    if req.task == "classify":
+        return _convert(ClassifyOptions, top_k=req.top_k, threshold=req.threshold)
+    if req.task == "token_classify":
+        if req.aggregate != "none" and req.use_activation is False:
+            raise UsageError("--aggregate needs probabilities; it cannot be combined with --no-activation")
+        labels = req.ignore_labels.split(",") if isinstance(req.ignore_labels, str) else req.ignore_labels
+        return _convert(
+            TokenClassifyOptions,
+            offsets=req.offsets,
+            aggregate=req.aggregate,
+            ignore_labels=tuple(x.strip() for x in labels if x.strip()),
+        )
+    return _convert(
+        ScoreOptions,
+        score_type=req.score_type,
+        query=req.query,
+        cross=req.cross,
+        group_by=req.group_by,
+        top_n=req.top_n,
+        return_documents=req.return_documents,
+        maxsim_normalize=req.maxsim_normalize,
+        max_tokens_per_query=req.max_tokens_per_query,
+        max_tokens_per_doc=req.max_tokens_per_doc,
+        instruction=req.instruction,
+    )
+
+
+def _convert(cls: type[_T], **fields: Any) -> _T:
+    """A config from plain values; a value of the wrong kind (e.g. an unknown dtype) is a usage error."""
+    try:
+        return msgspec.convert(fields, cls)
+    except msgspec.ValidationError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def parse_mapping(value: str | Mapping[str, Any] | None, *, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        return dict(value)
+    return load_json_or_file(value, what=what)
+
+
+def _int_list(value: str | Sequence[int] | None, *, what: str) -> list[int] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            return [int(x) for x in value.split(",") if x.strip()]
+        except ValueError:
+            raise UsageError(f"{what} takes comma-separated integers, got {value!r}") from None
+    return [int(x) for x in value]
+
+
+def parse_batch_tokens(value: str | int | None) -> int | None:
+    if value is None or value == "auto":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise UsageError(f"--max-batch-tokens must be a number or 'auto', got {value!r}") from None
+    if n < 1:
+        raise UsageError("--max-batch-tokens must be at least 1")
+    return n
+
+
+def parse_keep_columns(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    if not value:
+        return ()
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    cols = tuple(c.strip() for c in parts if c.strip())
+    reserved = {"id", "embedding", "n_tokens", "truncated"} & set(cols)
+    if reserved:
+        raise UsageError(f"--keep-columns cannot include output column names: {', '.join(sorted(reserved))}")
+    return cols
+
+
+def load_preset(value: str | None) -> tuple[Preset | None, str | None]:
+    """A preset by name (configs/NAME.toml) or by path."""
+    if value is None:
+        return None, None
+    path = Path(value)
+    if path.suffix == ".toml" and path.is_file():
+        text, name = path.read_text(encoding="utf-8"), str(path)
+    else:
+        res = resources.files("poolcli.configs").joinpath(f"{value}.toml")
+        if not res.is_file():
+            raise ConfigError(f"unknown preset {value!r}", hint=f"known presets: {', '.join(preset_names())}")
+        text, name = res.read_text(encoding="utf-8"), value
+    try:
+        return msgspec.toml.decode(text, type=Preset), name
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise ConfigError(f"preset {name}: {exc}") from None
+
+
+def preset_names() -> list[str]:
+    return sorted(
+        p.name.removesuffix(".toml") for p in resources.files("poolcli.configs").iterdir() if p.name.endswith(".toml")
+    )
