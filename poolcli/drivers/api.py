@@ -306,8 +306,8 @@ def _ragged(table: pa.Table) -> list[np.ndarray]:
     column = table.column("probs").combine_chunks()
     width = column.type.value_type.list_size
     for i in range(len(column)):
-        row = column[i].values
-        flat = row.values.to_numpy(zero_copy_only=False) if len(row) else np.zeros(0, np.float32)
+        row = column[i].values  # fixed_size_list<float32>[labels], one per token
+        flat = row.flatten().to_numpy(zero_copy_only=False) if len(row) else np.zeros(0, np.float32)
         out.append(flat.reshape(len(row), width))
     return out
 

@@ -133,6 +133,7 @@ def _popen(args: list[str], env: dict[str, str] | None = None) -> subprocess.Pop
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", range(3))  # seed 2 kills a single-file run; 0 and 1 dataset dirs
 def test_chaos_sigkill_then_resume(tmp_path: Path, src: Path, tiny_bert: Path, ref: Reference, seed: int) -> None:
     rng = random.Random(seed)
@@ -154,6 +155,7 @@ def test_chaos_sigkill_then_resume(tmp_path: Path, src: Path, tiny_bert: Path, r
     assert_converged(out, ref, errors_file=tmp_path / "out.errors.jsonl" if single_file else None)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", CRASH_POINTS)
 def test_crash_points_converge(tmp_path: Path, src: Path, tiny_bert: Path, ref: Reference, point: str) -> None:
     single_file = point == "after_assemble"

@@ -9,7 +9,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tests import models
 from tests.conftest import run_cli, run_cli_process, summary_of, write_jsonl
 
 DOCS = [
@@ -20,11 +19,6 @@ DOCS = [
     "paris is the capital of france",  # a duplicate of document 0: an exact tie
     "a vector is a row of numbers",
 ]
-
-
-@pytest.fixture(scope="module")
-def tiny_ce(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return models.build_cross_encoder(tmp_path_factory.mktemp("ce") / "tiny-ce", seed=3)
 
 
 def _ce(model: Path, query: str, docs: list[str]) -> np.ndarray:

@@ -24,11 +24,6 @@ DOCS = [
 
 
 @pytest.fixture(scope="module")
-def tiny_ce(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return models.build_cross_encoder(tmp_path_factory.mktemp("ce") / "tiny-ce", seed=3)
-
-
-@pytest.fixture(scope="module")
 def minilm_ce(tmp_path_factory: pytest.TempPathFactory, minilm_path: Path) -> Path:
     return models.build_cross_encoder(tmp_path_factory.mktemp("ce") / "minilm-ce", seed=5, base=minilm_path)
 

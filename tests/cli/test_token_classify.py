@@ -23,11 +23,6 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def ner(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return models.build_token_classifier(tmp_path_factory.mktemp("ner") / "ner")
-
-
 def _rows(path: Path) -> list[dict[str, Any]]:
     return pq.read_table(path).to_pylist()
 
