@@ -11,7 +11,6 @@ import traceback
 
 import typer
 
-from poolcli import __version__
 from poolcli.commands.classify import classify
 from poolcli.commands.embed import embed
 from poolcli.commands.inspect import inspect
@@ -20,6 +19,7 @@ from poolcli.commands.score import score
 from poolcli.commands.token_classify import token_classify
 from poolcli.console import print_error
 from poolcli.errors import PoolcliError
+from poolcli.version import __version__
 
 EX_USAGE = 64
 EX_SOFTWARE = 70

@@ -1,6 +1,5 @@
-"""The only module that talks to the terminal: progress, error messages and the summary line, all on stderr.
-
-stdout carries data only (JSONL with `-o -`).
+"""What a person sees: the progress bar, warnings, error messages and the summary line, all on stderr, and the
+text `inspect` prints on stdout. Data goes to stdout only as JSONL rows with `-o -` (`poolcli.io.writers`).
 """
 
 from __future__ import annotations

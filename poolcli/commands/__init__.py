@@ -1,1 +1,1 @@
-"""Thin Typer commands: parse options, build the run config, call the engine."""
+"""Thin Typer commands: each declares its flags and hands them (its locals) to `_run.execute`."""

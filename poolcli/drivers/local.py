@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 
-from poolcli import __version__
 from poolcli.config import DriverConfig
 from poolcli.drivers.signals import StopFlag
 from poolcli.errors import ErrorBudgetExceeded, PoolcliError
@@ -25,6 +24,7 @@ from poolcli.io.parts import Layout, PartMarker, PartStore, PartWriter
 from poolcli.io.safety import OutputKind
 from poolcli.io.writers import ErrorFileSink, JsonlStdoutSink, default_output
 from poolcli.model.identity import fingerprint
+from poolcli.version import __version__
 
 if TYPE_CHECKING:
     from poolcli.console import Progress

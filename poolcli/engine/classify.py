@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from poolcli.engine.batch import Collated
     from poolcli.io.tables import ClassifyTableBuilder
     from poolcli.model.load import Loader, LogitsModel
-    from poolcli.pooler.heads import ClassifierHead
+    from poolcli.pooler.dispatch import Pooler
 
 
 class ClassifyPlan(msgspec.Struct, frozen=True, kw_only=True):
@@ -107,7 +107,7 @@ class ClassifyEngine(RowEngine):
         self.options = options
         super().__init__(plan.text, loader, config, keep_columns=keep_columns, faults=faults, warn=warn)
         self._logits: LogitsModel | None = None
-        self._head: ClassifierHead | None = None
+        self._pooler: Pooler | None = None
 
     def describe(self) -> dict[str, Any]:
         # The output options change the bytes written, so they are part of the run's identity.
@@ -128,17 +128,21 @@ class ClassifyEngine(RowEngine):
         )
 
     def _load_model(self) -> int:
-        from poolcli.pooler.heads import ClassifierHead
+        from poolcli.pooler.dispatch import pooler_for
 
         pad_id = self.encoder.pad_id
         self._logits = self.loader.logits_model(pad_id=pad_id)
         c = self.cplan
-        self._head = ClassifierHead(
-            c.activation, use_activation=c.use_activation, logit_mean=c.logit_mean, logit_sigma=c.logit_sigma
+        self._pooler = pooler_for(
+            "classify",
+            activation=c.activation,
+            use_activation=c.use_activation,
+            logit_mean=c.logit_mean,
+            logit_sigma=c.logit_sigma,
         )
         return pad_id
 
     def _forward(self, batch: Collated, float32: bool) -> Tensor:
-        assert self._logits is not None and self._head is not None
+        assert self._logits is not None and self._pooler is not None
         model = self.loader.logits_model(pad_id=self.encoder.pad_id, float32=True) if float32 else self._logits
-        return self._head(model.logits(batch.ids, batch.mask, None))
+        return self._pooler(model.logits(batch.ids, batch.mask, None), batch.mask)

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from poolcli.engine.plan import Plan
     from poolcli.io.tables import EmbedTableBuilder
     from poolcli.model.load import HiddenStateModel, Loader
-    from poolcli.pooler.dispatch import EmbedPooler
+    from poolcli.pooler.dispatch import Pooler
 
 
 class EmbedEngine(RowEngine):
@@ -39,7 +39,7 @@ class EmbedEngine(RowEngine):
         self.options = options = options or EmbedOptions()
         super().__init__(plan, loader, config, keep_columns=keep_columns, faults=faults, warn=warn)
         self._body: HiddenStateModel | None = None
-        self._pooler: EmbedPooler | None = None
+        self._pooler: Pooler | None = None
 
     @property
     def dim(self) -> int:
@@ -57,12 +57,13 @@ class EmbedEngine(RowEngine):
         return EmbedTableBuilder(self.dim, self.options.output_dtype, self.keep_columns)
 
     def _load_model(self) -> int:
-        from poolcli.pooler.dispatch import EmbedPooler
+        from poolcli.pooler.dispatch import pooler_for
 
         self._body = self.loader.hidden_state_model()
         params = self.plan.params
-        self._pooler = EmbedPooler(
-            self.plan.pooling.modes,
+        self._pooler = pooler_for(
+            "embed",
+            modes=self.plan.pooling.modes,
             projector=self.loader.projector(),
             dimensions=params.dimensions,
             normalize=params.normalize,

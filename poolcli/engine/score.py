@@ -16,23 +16,14 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import numpy as np
 
-from poolcli.config import EngineConfig, PlanOptions, ScoreOptions, ScoreTemplate
+from poolcli.config import EngineConfig, ScoreOptions
 from poolcli.engine.base import BlockResult, TaskEngine
 from poolcli.engine.batch import OnBatch, StopCheck
-from poolcli.engine.plan import (
-    Plan,
-    build_plan,
-    check_fields_for_task,
-    classifier_activation,
-    max_tokens,
-    preset_pooler,
-)
+from poolcli.engine.plan import ScorePlan
 from poolcli.errors import UsageError
 from poolcli.faults import NO_FAULTS, Faults
 from poolcli.io.pairs import Pair, PairJob, TextRow
 from poolcli.io.records import ErrorRow
-from poolcli.model.resolve import ResolvedModel
-from poolcli.vocab import Activation, ScoreType
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -40,137 +31,6 @@ if TYPE_CHECKING:
     from poolcli.engine.scorers import Scorer
     from poolcli.io.tables import RerankTableBuilder, ScoreTableBuilder
     from poolcli.model.load import Loader
-
-
-class ScorePlan(msgspec.Struct, frozen=True, kw_only=True):
-    """How `score` and `rerank` compute one number per (query, document) pair."""
-
-    model: ResolvedModel
-    score_type: ScoreType
-    score_type_source: str
-    max_tokens: int
-    """Pair (cross-encoder) or text (bi-encoder, late interaction) limit, special tokens included."""
-    activation: Activation
-    use_activation: bool
-    logit_mean: float | None = None
-    logit_sigma: float | None = None
-    template: ScoreTemplate | None = None
-    instruction: str = ""
-    use_sep_token: bool = True
-    maxsim_normalize: bool = False
-    max_tokens_per_query: int = 0
-    max_tokens_per_doc: int = 0
-    embed: Plan | None = None
-    """The embedding plan of a bi-encoder or late-interaction scorer (pooling, normalize, projector, prompt)."""
-
-    def describe(self) -> dict[str, Any]:
-        d: dict[str, Any] = {
-            "score_type": self.score_type,
-            "score_type_source": self.score_type_source,
-            "max_tokens": self.max_tokens,
-        }
-        if self.score_type == "cross-encoder":
-            d |= {
-                "activation": self.activation if self.use_activation else "none",
-                "logit_mean": self.logit_mean,
-                "logit_sigma": self.logit_sigma,
-                "pair_encoding": "text pair" if self.use_sep_token else "concatenation",
-                "template": None if self.template is None else msgspec.to_builtins(self.template),
-                "instruction": self.instruction or None,
-                "max_tokens_per_query": self.max_tokens_per_query,
-                "max_tokens_per_doc": self.max_tokens_per_doc,
-            }
-        elif self.embed is not None:
-            d["embedding"] = self.embed.describe()
-            if self.score_type == "late-interaction":
-                d["maxsim_normalize"] = self.maxsim_normalize
-        return d
-
-
-def _detect_score_type(model: ResolvedModel) -> ScoreType:
-    if "classify" in model.supported_tasks and model.classifier is not None:
-        return "cross-encoder"
-    return "bi-encoder"  # late interaction is chosen with --score-type until token-embed models are detected
-
-
-def build_score_plan(plan_options: PlanOptions, opts: ScoreOptions, model: ResolvedModel) -> ScorePlan:
-    if opts.score_type == "auto":
-        score_type = _detect_score_type(model)
-        source = f"detected from the model ({model.architecture})"
-    else:
-        score_type = opts.score_type
-        source = "--score-type"
-    for name, value in (
-        ("max_tokens_per_query", opts.max_tokens_per_query),
-        ("max_tokens_per_doc", opts.max_tokens_per_doc),
-    ):
-        if value < 0:
-            raise UsageError(f"{name} must be a non-negative integer")
-        if value >= model.max_length:
-            raise UsageError(f"{name} ({value}) must be less than max_model_len ({model.max_length}).")
-    if opts.maxsim_normalize and score_type != "late-interaction":
-        raise UsageError(f"--maxsim-normalize applies to late-interaction scoring, not {score_type}")
-    if score_type == "cross-encoder":
-        info = model.classifier
-        if info is None or "classify" not in model.supported_tasks:
-            raise UsageError(
-                f"--score-type cross-encoder needs a sequence-classification model; {model.name} "
-                f"({model.architecture}) is not one",
-                hint="use --score-type bi-encoder for an embedding model",
-            )
-        if model.is_reward:
-            raise UsageError(
-                f"{model.name} is a reward model, not a cross-encoder",
-                hint="poolcli classify gives its sequence reward; token-classify its per-token rewards",
-            )
-        if info.num_labels != 1:
-            raise UsageError(
-                f"scoring needs a one-label classifier; {model.name} has {info.num_labels} labels",
-                hint="use poolcli classify for a multi-label or multi-class model",
-            )
-        preset = preset_pooler(plan_options, "classify")
-        upper = plan_options.pooler_flags.over(plan_options.pooler_config).over(preset)
-        check_fields_for_task("classify", upper.to_dict(), source="pooler config")
-        limit = max_tokens(plan_options, model)
-        template = plan_options.preset.score if plan_options.preset is not None else None
-        instruction = opts.instruction if opts.instruction is not None else (template.instruction if template else "")
-        return ScorePlan(
-            model=model,
-            score_type=score_type,
-            score_type_source=source,
-            max_tokens=limit,
-            activation=classifier_activation(info),
-            use_activation=True if upper.use_activation is None else upper.use_activation,
-            logit_mean=upper.logit_mean,
-            logit_sigma=upper.logit_sigma,
-            template=template,
-            instruction=instruction,
-            use_sep_token=info.use_sep_token and template is None,
-            max_tokens_per_query=opts.max_tokens_per_query,
-            max_tokens_per_doc=opts.max_tokens_per_doc,
-        )
-    if opts.max_tokens_per_query or opts.max_tokens_per_doc:
-        raise UsageError("--max-tokens-per-query/--max-tokens-per-doc apply to cross-encoders only")
-    if "embed" not in model.supported_tasks:
-        raise UsageError(
-            f"--score-type {score_type} needs an embedding model; {model.name} ({model.architecture}) is a classifier",
-            hint="leave --score-type to auto for a cross-encoder",
-        )
-    upper = plan_options.pooler_flags.over(plan_options.pooler_config)
-    check_fields_for_task("embed", upper.to_dict(), source="pooler config")
-    embed = build_plan(plan_options, model, "embed")
-    if embed.params.dimensions is not None and score_type == "late-interaction":
-        raise UsageError("--dimensions does not apply to late-interaction scoring")
-    return ScorePlan(
-        model=model,
-        score_type=score_type,
-        score_type_source=source,
-        max_tokens=embed.max_tokens,
-        activation="identity",
-        use_activation=False,
-        embed=embed,
-        maxsim_normalize=opts.maxsim_normalize,
-    )
 
 
 class Units(msgspec.Struct):

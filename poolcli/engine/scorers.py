@@ -19,13 +19,31 @@ from poolcli.vocab import ErrorCode
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from poolcli.engine.batch import Collated
-    from poolcli.engine.score import ScoreEngine
+    from poolcli.config import EngineConfig
+    from poolcli.engine.batch import BatchTemplate, Collated
+    from poolcli.engine.plan import ScorePlan
     from poolcli.engine.tokenize import PairEncoder, TextEncoder
     from poolcli.io.records import Encoded
+    from poolcli.model.load import Loader
 
 Scores = tuple[np.ndarray, Failed, list[int], list[bool]]
 """(score per pair, failed pairs, tokens per pair, truncated per pair)."""
+
+
+class Context(Protocol):
+    """What a scorer uses of the engine that owns it (`poolcli.engine.score.ScoreEngine`)."""
+
+    @property
+    def plan(self) -> ScorePlan: ...
+
+    @property
+    def loader(self) -> Loader: ...
+
+    @property
+    def config(self) -> EngineConfig: ...
+
+    @property
+    def template(self) -> BatchTemplate: ...
 
 
 class Scorer(Protocol):
@@ -38,17 +56,18 @@ class CrossEncoderScorer:
     """Each pair through the classifier: text-pair (or templated) encoding, the model's head, calibration and the
     final activation."""
 
-    def __init__(self, engine: ScoreEngine) -> None:
+    def __init__(self, engine: Context) -> None:
         from poolcli.engine.tokenize import PairEncoder
-        from poolcli.pooler.heads import ClassifierHead
+        from poolcli.pooler.dispatch import pooler_for
 
         plan = engine.plan
         self.engine = engine
         self.encoder: PairEncoder = PairEncoder(plan)
         self.pad_id = self.encoder.pad_id
         self.model = engine.loader.logits_model(pad_id=self.pad_id)
-        self.head = ClassifierHead(
-            plan.activation,
+        self.pooler = pooler_for(
+            "classify",
+            activation=plan.activation,
             use_activation=plan.use_activation,
             logit_mean=plan.logit_mean,
             logit_sigma=plan.logit_sigma,
@@ -56,7 +75,7 @@ class CrossEncoderScorer:
 
     def _forward(self, batch: Collated, float32: bool) -> Tensor:
         model = self.engine.loader.logits_model(pad_id=self.pad_id, float32=True) if float32 else self.model
-        return self.head(model.logits(batch.ids, batch.mask, batch.types))[:, 0]
+        return self.pooler(model.logits(batch.ids, batch.mask, batch.types), batch.mask)[:, 0]
 
     def score(self, pairs: list[tuple[str, str]], stop: StopCheck, on_batch: OnBatch) -> Scores:
         n = len(pairs)
@@ -133,7 +152,7 @@ class _TextScorer:
 
     per_token = False
 
-    def __init__(self, engine: ScoreEngine) -> None:
+    def __init__(self, engine: Context) -> None:
         from poolcli.engine.tokenize import TextEncoder
 
         assert engine.plan.embed is not None
@@ -169,13 +188,14 @@ class BiEncoderScorer(_TextScorer):
     """Cosine of the two texts' embeddings (the full embed head: prompt, pooling, projector, normalize), in fp32
     inputs with a float64 dot product."""
 
-    def __init__(self, engine: ScoreEngine) -> None:
-        from poolcli.pooler.dispatch import EmbedPooler
+    def __init__(self, engine: Context) -> None:
+        from poolcli.pooler.dispatch import pooler_for
 
         super().__init__(engine)
         params = self.plan.params
-        self.pooler = EmbedPooler(
-            self.plan.pooling.modes,
+        self.pooler = pooler_for(
+            "embed",
+            modes=self.plan.pooling.modes,
             projector=engine.loader.projector(),
             dimensions=params.dimensions,
             normalize=params.normalize,
@@ -199,15 +219,18 @@ class LateInteractionScorer(_TextScorer):
 
     per_token = True
 
-    def __init__(self, engine: ScoreEngine) -> None:
-        from poolcli.pooler.heads import TokenEmbeddingHead
+    def __init__(self, engine: Context) -> None:
+        from poolcli.pooler.dispatch import pooler_for
 
         super().__init__(engine)
-        self.head = TokenEmbeddingHead(engine.loader.projector(), self.plan.params.normalize)
+        self.pooler = pooler_for(
+            "token_embed", projector=engine.loader.projector(), normalize=self.plan.params.normalize
+        )
         self.by_length = engine.plan.maxsim_normalize
 
     def _forward(self, batch: Collated, float32: bool) -> Tensor:
-        return self.head(self._hidden(batch, float32))
+        hidden = self._hidden(batch, float32)
+        return self.pooler(hidden, batch.mask.to(hidden.device))
 
     def _sim(self, a: Any, b: Any) -> float:
         import torch
@@ -217,7 +240,7 @@ class LateInteractionScorer(_TextScorer):
         return maxsim(torch.from_numpy(a), torch.from_numpy(b), normalize_by_length=self.by_length)
 
 
-def make_scorer(engine: ScoreEngine) -> Scorer:
+def make_scorer(engine: Context) -> Scorer:
     kind = engine.plan.score_type
     if kind == "cross-encoder":
         return CrossEncoderScorer(engine)

@@ -76,7 +76,8 @@ def build_engine(
             tplan, loader, config, options=options, keep_columns=keep_columns, faults=faults, warn=warn
         )
     if task in ("score", "rerank"):
-        from poolcli.engine.score import ScoreEngine, build_score_plan
+        from poolcli.engine.plan import build_score_plan
+        from poolcli.engine.score import ScoreEngine
 
         assert isinstance(options, ScoreOptions) and job is not None
         splan = build_score_plan(plan_options, options, model)

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from poolcli.engine.batch import Collated
     from poolcli.io.tables import TokenClassifyTableBuilder
     from poolcli.model.load import Loader, LogitsModel
-    from poolcli.pooler.heads import ClassifierHead
+    from poolcli.pooler.dispatch import Pooler
 
 
 class TokenClassifyPlan(msgspec.Struct, frozen=True, kw_only=True):
@@ -158,7 +158,7 @@ class TokenClassifyEngine(RowEngine):
         self.options = options
         super().__init__(plan.text, loader, config, keep_columns=keep_columns, faults=faults, warn=warn)
         self._logits: LogitsModel | None = None
-        self._head: ClassifierHead | None = None
+        self._pooler: Pooler | None = None
 
     def describe(self) -> dict[str, Any]:
         return self.tplan.describe() | {"output_options": msgspec.to_builtins(self.options)}
@@ -189,23 +189,24 @@ class TokenClassifyEngine(RowEngine):
         )
 
     def _load_model(self) -> int:
-        from poolcli.pooler.heads import ClassifierHead
+        from poolcli.pooler.dispatch import pooler_for
 
         self._logits = self._model(False)
         tp = self.tplan
-        self._head = ClassifierHead(
-            tp.activation, use_activation=tp.use_activation, logit_mean=tp.logit_mean, logit_sigma=tp.logit_sigma
+        self._pooler = pooler_for(
+            "token_classify",
+            activation=tp.activation,
+            use_activation=tp.use_activation,
+            logit_mean=tp.logit_mean,
+            logit_sigma=tp.logit_sigma,
+            columns=tp.returned_token_ids,
         )
         return self.encoder.pad_id
 
     def _forward(self, batch: Collated, float32: bool) -> Tensor:
-        assert self._logits is not None and self._head is not None
+        assert self._logits is not None and self._pooler is not None
         model = self._model(True) if float32 else self._logits
-        logits = model.logits(batch.ids, batch.mask, None)
-        if self.tplan.returned_token_ids is not None:
-            logits = logits[..., list(self.tplan.returned_token_ids)]
-        # The activation works on each vector alone, so it runs once over the padded batch (one device sync).
-        return self._head(logits)
+        return self._pooler(model.logits(batch.ids, batch.mask, None), batch.mask)
 
     def _finish(self, values: list[np.ndarray], encoded: Sequence[Encoded]) -> list[np.ndarray]:
         if self.tplan.pooling != "STEP":

@@ -11,8 +11,7 @@ from poolcli.io.records import Encoded
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-    from poolcli.engine.plan import Plan
-    from poolcli.engine.score import ScorePlan
+    from poolcli.engine.plan import Plan, ScorePlan
 
 
 class TextEncoder:

@@ -315,7 +315,13 @@ def load_projector(root: Path, specs: Sequence[DenseSpec]) -> nn.Module | None:
 
     layers: list[nn.Module] = []
     for spec in specs:
-        dense = Dense(spec)
+        dense = Dense(
+            spec.in_features,
+            spec.out_features,
+            bias=spec.bias,
+            activation=spec.activation,
+            use_residual=spec.use_residual,
+        )
         state = _read_state(root / spec.path)
         mapped: dict[str, Tensor] = {}
         for key, value in state.items():

@@ -22,7 +22,6 @@ from torch import nn
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from poolcli.model.resolve import DenseSpec
     from poolcli.vocab import Activation
 
 
@@ -39,14 +38,16 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {
 class Dense(nn.Module):
     """A Sentence-Transformers Dense module: activation(Linear(x)), plus the residual when configured."""
 
-    def __init__(self, spec: DenseSpec) -> None:
+    def __init__(
+        self, in_features: int, out_features: int, *, bias: bool, activation: str, use_residual: bool = False
+    ) -> None:
         super().__init__()
-        self.linear = nn.Linear(spec.in_features, spec.out_features, bias=spec.bias)
-        self.activation = _ACTIVATIONS[spec.activation]()
+        self.linear = nn.Linear(in_features, out_features, bias=bias)
+        self.activation = _ACTIVATIONS[activation]()
         self.residual: nn.Linear | None = None
-        self.use_residual = spec.use_residual
-        if spec.use_residual and spec.in_features != spec.out_features:
-            self.residual = nn.Linear(spec.in_features, spec.out_features, bias=False)
+        self.use_residual = use_residual
+        if use_residual and in_features != out_features:
+            self.residual = nn.Linear(in_features, out_features, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         out: Tensor = self.activation(self.linear(x))

@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch import nn
 
-from poolcli.model.resolve import DenseSpec
 from poolcli.pooler.dispatch import EmbedPooler
 from poolcli.pooler.heads import Dense, EmbeddingHead
 from poolcli.pooler.methods import (
@@ -117,9 +116,7 @@ class TestEmbeddingHead:
         assert out.tolist() == [[1.0, 2.0, 3.0]]
 
     def test_dense_activation_and_residual(self) -> None:
-        dense = Dense(
-            DenseSpec(path="", in_features=2, out_features=2, bias=True, activation="tanh", use_residual=True)
-        )
+        dense = Dense(2, 2, bias=True, activation="tanh", use_residual=True)
         with torch.no_grad():
             dense.linear.weight.copy_(torch.eye(2))
             dense.linear.bias.zero_()
@@ -131,3 +128,21 @@ class TestEmbeddingHead:
 def test_output_is_float32_for_bf16_input(modes: tuple) -> None:  # type: ignore[type-arg]
     out = sequence_pool(modes)(HIDDEN.to(torch.bfloat16), MASK)
     assert out.dtype == torch.float32
+
+
+def test_pooler_dispatch_composes_method_and_head_per_task() -> None:
+    from poolcli.pooler.dispatch import pooler_for
+
+    hidden = torch.tensor([[[1.0, 0.0], [3.0, 4.0], [9.0, 9.0]]])
+    mask = torch.tensor([[1, 1, 0]])
+    embed = pooler_for("embed", modes=("mean",), normalize=False)
+    assert embed(hidden, mask).tolist() == [[2.0, 2.0]]  # the padding position is left out
+    per_token = pooler_for("token_embed", normalize=True)(hidden, mask)
+    assert per_token.shape == (1, 3, 2) and torch.allclose(per_token[0, 1], torch.tensor([0.6, 0.8]))
+    logits = torch.tensor([[0.0, 2.0]])
+    assert torch.allclose(pooler_for("classify", activation="softmax")(logits, mask).sum(), torch.tensor(1.0))
+    token_logits = torch.tensor([[[0.0, 1.0, 5.0], [2.0, 0.0, 0.0]]])
+    chosen = pooler_for("token_classify", activation="identity", columns=[2, 0])(token_logits, mask)
+    assert chosen.tolist() == [[[5.0, 0.0], [0.0, 2.0]]]
+    with pytest.raises(ValueError, match="no pooler"):
+        pooler_for("score")  # type: ignore[arg-type]
