@@ -27,10 +27,22 @@ __all__ = [
     "run_file",
     "score",
     "token_classify",
+    "token_embed",
 ]
 
 if TYPE_CHECKING:
-    from poolcli.drivers.api import Model, Result, classify, embed, load, rerank, run_file, score, token_classify
+    from poolcli.drivers.api import (
+        Model,
+        Result,
+        classify,
+        embed,
+        load,
+        rerank,
+        run_file,
+        score,
+        token_classify,
+        token_embed,
+    )
 
 
 def __getattr__(name: str) -> Any:

@@ -17,6 +17,7 @@ from poolcli.commands.inspect import inspect
 from poolcli.commands.rerank import rerank
 from poolcli.commands.score import score
 from poolcli.commands.token_classify import token_classify
+from poolcli.commands.token_embed import token_embed
 from poolcli.console import print_error
 from poolcli.errors import PoolcliError
 from poolcli.version import __version__
@@ -26,8 +27,8 @@ EX_SOFTWARE = 70
 
 app = typer.Typer(
     name="poolcli",
-    help="Offline batch work with transformer pooling models: embed, classify, score, rerank and token-classify "
-    "files of text into Parquet.",
+    help="Offline batch work with transformer pooling models: embed, classify, score, rerank, token-embed and "
+    "token-classify files of text into Parquet.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -37,6 +38,7 @@ app.command("embed")(embed)
 app.command("classify")(classify)
 app.command("score")(score)
 app.command("rerank")(rerank)
+app.command("token-embed")(token_embed)
 app.command("token-classify")(token_classify)
 app.command("inspect")(inspect)
 

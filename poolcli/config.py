@@ -21,6 +21,7 @@ from poolcli.vocab import (
     POOLING_TYPES,
     SEQ_POOLING_TYPES,
     TOK_POOLING_TYPES,
+    ColbertRole,
     Convert,
     DType,
     OnTooLong,
@@ -269,6 +270,17 @@ class TokenClassifyOptions(msgspec.Struct, frozen=True, kw_only=True):
     """Entity tags left out of the aggregated spans."""
 
 
+class TokenEmbedOptions(msgspec.Struct, frozen=True, kw_only=True):
+    """What `token-embed` adds to a run."""
+
+    output_dtype: OutputDType = "float16"
+    """Element type of stored per-token vectors."""
+    skip_special_tokens: bool = False
+    """Leave out the vectors of the tokenizer's special tokens ([CLS], [SEP], <s>, </s>, ...)."""
+    colbert_role: ColbertRole | None = None
+    """ColBERT checkpoints: encode as queries or documents (markers, lengths, expansion, skiplist)."""
+
+
 DEFAULT_PART_ROWS = 65536
 """Input rows per committed part unless --part-rows says otherwise (also the Python API's unit of work)."""
 
@@ -327,7 +339,7 @@ class EmbedOptions(msgspec.Struct, frozen=True, kw_only=True):
     """Element type of stored vectors."""
 
 
-TaskOptions = EmbedOptions | ClassifyOptions | TokenClassifyOptions | ScoreOptions
+TaskOptions = EmbedOptions | ClassifyOptions | TokenClassifyOptions | TokenEmbedOptions | ScoreOptions
 
 
 class DriverConfig(msgspec.Struct, frozen=True, kw_only=True):

@@ -27,6 +27,7 @@ from poolcli.config import (
     ScoreOptions,
     TaskOptions,
     TokenClassifyOptions,
+    TokenEmbedOptions,
     load_json_or_file,
     parse_pooler_config,
 )
@@ -64,7 +65,8 @@ class Request(msgspec.Struct, kw_only=True):
     text_field: str = "text"
     id_field: str | None = None
     keep_columns: str | Sequence[str] | None = None
-    output_dtype: str = "float32"
+    output_dtype: str | None = None
+    """None: the task's default (float32 for embed, float16 for token-embed's per-token vectors)."""
     device: str = "auto"
     dtype: str = "auto"
     hf_overrides: str | Mapping[str, Any] | None = None
@@ -91,6 +93,9 @@ class Request(msgspec.Struct, kw_only=True):
     offsets: bool = False
     aggregate: str = "none"
     ignore_labels: str | Sequence[str] = "O"
+    # token-embed
+    skip_special_tokens: bool = False
+    colbert_role: str | None = None
     # score and rerank
     query: str | None = None
     cross: bool = False
@@ -119,7 +124,9 @@ class Configs(NamedTuple):
 
 
 def pooling_task(task: Task) -> PoolingTask:
-    return "embed" if task == "embed" else "token_classify" if task == "token_classify" else "classify"
+    if task in ("embed", "token_embed", "token_classify"):
+        return task
+    return "classify"
 
 
 def build(req: Request) -> Configs:
@@ -192,9 +199,16 @@ def build(req: Request) -> Configs:
 
 def task_options(req: Request) -> TaskOptions:
     if req.task == "embed":
-        return _convert(EmbedOptions, output_dtype=req.output_dtype)
+        return _convert(EmbedOptions, output_dtype=req.output_dtype or "float32")
     if req.task == "classify":
         return _convert(ClassifyOptions, top_k=req.top_k, threshold=req.threshold)
+    if req.task == "token_embed":
+        return _convert(
+            TokenEmbedOptions,
+            output_dtype=req.output_dtype or "float16",
+            skip_special_tokens=req.skip_special_tokens,
+            colbert_role=req.colbert_role,
+        )
     if req.task == "token_classify":
         if req.aggregate != "none" and req.use_activation is False:
             raise UsageError("--aggregate needs probabilities; it cannot be combined with --no-activation")

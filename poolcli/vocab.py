@@ -34,6 +34,9 @@ Convert = Literal["auto", "embed", "classify"]
 ScoreType = Literal["cross-encoder", "bi-encoder", "late-interaction"]
 ScoreTypeOpt = Literal["auto", "cross-encoder", "bi-encoder", "late-interaction"]
 
+# ColBERT: how a text is encoded (query markers and expansion, or document markers and skiplist).
+ColbertRole = Literal["query", "document"]
+
 # token-classify: how per-token NER predictions become entity spans (none: no `entities` column).
 TokenAggregation = Literal["none", "simple"]
 

@@ -6,7 +6,16 @@ from typing import Annotated
 
 import typer
 
-from poolcli.vocab import POOLING_TYPES, Convert, DType, OnTooLong, OutputDType, ScoreTypeOpt, TruncationSide
+from poolcli.vocab import (
+    POOLING_TYPES,
+    ColbertRole,
+    Convert,
+    DType,
+    OnTooLong,
+    OutputDType,
+    ScoreTypeOpt,
+    TruncationSide,
+)
 
 _MODEL = "Model"
 _POOL = "Pooling"
@@ -240,6 +249,15 @@ Threads = Annotated[
 
 
 _SCORE = "Scoring"
+ColbertRoleOpt = Annotated[
+    ColbertRole | None,
+    typer.Option(
+        "--colbert-role",
+        help="ColBERT checkpoints: encode as queries or documents (markers, lengths, query expansion, document "
+        "skiplist), as the checkpoint declares. Without it: plain per-token vectors, as vLLM gives them.",
+        rich_help_panel="Tokens",
+    ),
+]
 ScoreTypeOption = Annotated[
     ScoreTypeOpt,
     typer.Option(

@@ -142,7 +142,22 @@ class Model:
         output table (`token_ids`, `probs`, `offsets`, `entities`, ...) with `as_table`. Options: `pooling_type`,
         `step_tag_id`, `returned_token_ids`, `use_activation`, `offsets`, `aggregate`, `ignore_labels`, ..."""
         result = self._rows("token_classify", texts, ids, options)
-        return self._shape(result, as_table, on_error, _ragged)
+        return self._shape(result, as_table, on_error, lambda t: _ragged(t, "probs"))
+
+    def token_embed(
+        self,
+        texts: Sequence[str],
+        *,
+        ids: Sequence[Any] | None = None,
+        as_table: bool = False,
+        on_error: OnError = "raise",
+        **options: Any,
+    ) -> Any:
+        """One [tokens, d] array per text (float16 unless `output_dtype="float32"`), or the output table
+        (`token_ids`, `embeddings`, ...) with `as_table`. Options: `normalize`, `dimensions`,
+        `skip_special_tokens`, `colbert_role`, `output_dtype`, `prompt`, `config`, `pooler_config`, ..."""
+        result = self._rows("token_embed", texts, ids, options)
+        return self._shape(result, as_table, on_error, lambda t: _ragged(t, "embeddings"))
 
     def score(
         self,
@@ -299,11 +314,11 @@ def _fixed_size(column: pa.ChunkedArray) -> np.ndarray:
     return np.asarray(values, dtype=values.dtype).reshape(len(arr), width)
 
 
-def _ragged(table: pa.Table) -> list[np.ndarray]:
+def _ragged(table: pa.Table, name: str) -> list[np.ndarray]:
     import numpy as np
 
     out: list[np.ndarray] = []
-    column = table.column("probs").combine_chunks()
+    column = table.column(name).combine_chunks()
     width = column.type.value_type.list_size
     for i in range(len(column)):
         row = column[i].values  # fixed_size_list<float32>[labels], one per token
@@ -342,6 +357,12 @@ def token_classify(texts: Sequence[str], *, model: str | None = None, **options:
     """`poolcli.load(model, ...).token_classify(texts, ...)` in one call."""
     load_opts, call = _split(options)
     return load(model, **load_opts).token_classify(texts, **call)
+
+
+def token_embed(texts: Sequence[str], *, model: str | None = None, **options: Any) -> Any:
+    """`poolcli.load(model, ...).token_embed(texts, ...)` in one call."""
+    load_opts, call = _split(options)
+    return load(model, **load_opts).token_embed(texts, **call)
 
 
 def score(

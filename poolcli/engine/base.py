@@ -145,6 +145,8 @@ class RowEngine(TaskEngine):
 
     per_token = False
     """The forward's output is per position ([B, L, ...]); each row keeps its own positions."""
+    out_dtype: type[np.floating] = np.float32
+    """The precision outputs are held in between the model and the table."""
 
     def __init__(
         self,
@@ -170,9 +172,12 @@ class RowEngine(TaskEngine):
     def _forward(self, batch: Collated, float32: bool) -> Tensor:
         """Padded token ids -> the task's float32 outputs, one per row (or per position with `per_token`)."""
 
-    def _finish(self, values: list[np.ndarray], encoded: Sequence[Encoded]) -> list[np.ndarray]:
-        """Per-row post-processing of the outputs (e.g. STEP's tag positions); none by default."""
-        return values
+    def _finish(
+        self, values: list[np.ndarray], encoded: Sequence[Encoded]
+    ) -> tuple[list[np.ndarray], Sequence[Encoded]]:
+        """Per-row post-processing of the outputs and of the tokens the table lists (e.g. STEP's tag positions,
+        special tokens left out); none by default."""
+        return values, encoded
 
     def _encoder_options(self) -> dict[str, Any]:
         return {}
@@ -230,6 +235,7 @@ class RowEngine(TaskEngine):
             [block.rows[i] for i in keep],
             self._forward,
             per_token=self.per_token,
+            out_dtype=self.out_dtype,
             stop=stop,
             on_batch=on_batch,
         )
@@ -247,7 +253,7 @@ class RowEngine(TaskEngine):
             )
         ok = [j for j in range(len(keep)) if j not in failed]
         rows = [keep[j] for j in ok]
-        good = self._finish(
+        good, good_encoded = self._finish(
             [v for j, v in enumerate(values) if j not in failed and v is not None], [encoded[i] for i in rows]
         )
         bad.sort(key=lambda e: e.row if e.row is not None else -1)
@@ -260,7 +266,7 @@ class RowEngine(TaskEngine):
                 n_tokens,
                 truncated,
                 {c: [block.keep[c][i] for i in rows] for c in self.keep_columns},
-                encoded=[encoded[i] for i in rows],
+                encoded=good_encoded,
                 texts=[block.texts[i] for i in rows],
             )
             if rows

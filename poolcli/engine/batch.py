@@ -128,18 +128,20 @@ class BatchTemplate:
         forward: Forward,
         *,
         per_token: bool = False,
+        out_dtype: type[np.floating] = np.float32,
         stop: StopCheck = lambda: None,
         on_batch: OnBatch = lambda rows, tokens: None,
     ) -> tuple[list[np.ndarray | None], Failed]:
-        """Each item's output (float32 numpy; with `per_token`, its first len(ids) positions) in item order, and
-        the items that failed. `rows` are the items' input row (or pair) numbers, for the fault hooks."""
+        """Each item's output (numpy in `out_dtype`, cast per batch so a window of per-token vectors is held in the
+        output's precision; with `per_token`, its first len(ids) positions) in item order, and the items that
+        failed. `rows` are the items' input row (or pair) numbers, for the fault hooks."""
         lengths = [len(item.ids) for item in items]
         out: list[np.ndarray | None] = [None] * len(items)
         failed: Failed = {}
 
         def compute(batch: list[int]) -> None:
             try:
-                results = self._forward(items, rows, batch, forward, per_token=per_token, retry=False)
+                results = self._forward(items, rows, batch, forward, per_token=per_token, dtype=out_dtype, retry=False)
             except Exception as exc:
                 if not is_oom(exc):
                     raise
@@ -175,7 +177,7 @@ class BatchTemplate:
                 continue
             out[j] = None
             try:
-                (again,) = self._forward(items, rows, [j], forward, per_token=per_token, retry=True)
+                (again,) = self._forward(items, rows, [j], forward, per_token=per_token, dtype=out_dtype, retry=True)
             except Exception as exc:
                 if not is_oom(exc):
                     raise
@@ -196,6 +198,7 @@ class BatchTemplate:
         forward: Forward,
         *,
         per_token: bool,
+        dtype: type[np.floating],
         retry: bool,
     ) -> list[np.ndarray]:
         import torch
@@ -205,7 +208,7 @@ class BatchTemplate:
         batch_rows = [rows[j] for j in batch]
         f.before_batch(batch_rows, collated.ids.numel())
         with torch.inference_mode():
-            result = forward(collated, retry).float().cpu().numpy()
+            result = forward(collated, retry).float().cpu().numpy().astype(dtype, copy=False)
         values = [result[k, : len(items[j].ids)] if per_token else result[k] for k, j in enumerate(batch)]
         if f.nan_rows and (f.nan_always or not retry):
             values = [

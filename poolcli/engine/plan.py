@@ -48,6 +48,8 @@ class PoolingSpec(msgspec.Struct, frozen=True):
 
     @property
     def label(self) -> str:
+        if not self.modes:
+            return "ALL"
         if len(self.modes) == 1 and self.include_prompt and self.modes[0] in _MODE_TO_SEQ:
             return _MODE_TO_SEQ[self.modes[0]]
         text = "+".join(self.modes)
@@ -162,7 +164,16 @@ def build_plan(opts: PlanOptions, model: ResolvedModel, task: PoolingTask) -> Pl
         )
     if merged.tok_pooling_type is not None and task in ("embed", "classify"):
         raise UsageError(f"pooling type {merged.tok_pooling_type} is for token tasks; {task!r} takes CLS, LAST or MEAN")
-    pooling = _pooling_spec(merged.seq_pooling_type, upper.seq_pooling_type, model.st_pooling, model)
+    if task == "token_embed":
+        if upper.seq_pooling_type is not None or merged.tok_pooling_type == "STEP":
+            kind = upper.seq_pooling_type or merged.tok_pooling_type
+            raise UsageError(
+                f"token-embed gives every token's vector (ALL pooling); pooling type {kind} does not apply"
+            )
+        # Every position, through the projector (a Sentence-Transformers Dense stack applies per token).
+        pooling = PoolingSpec(modes=(), source="every token")
+    else:
+        pooling = _pooling_spec(merged.seq_pooling_type, upper.seq_pooling_type, model.st_pooling, model)
 
     embedding_size = _embedding_size(pooling, model)
     dimensions = merged.dimensions
@@ -195,7 +206,7 @@ def build_plan(opts: PlanOptions, model: ResolvedModel, task: PoolingTask) -> Pl
 
 
 def _embedding_size(pooling: PoolingSpec, model: ResolvedModel) -> int:
-    pooled = model.hidden_size * len(pooling.modes)
+    pooled = model.hidden_size * max(1, len(pooling.modes))
     if not model.dense:
         return pooled
     if model.dense[0].in_features != pooled:

@@ -13,6 +13,7 @@ from poolcli.config import (
     ScoreOptions,
     TaskOptions,
     TokenClassifyOptions,
+    TokenEmbedOptions,
 )
 from poolcli.errors import InternalError
 from poolcli.faults import NO_FAULTS, Faults
@@ -74,6 +75,20 @@ def build_engine(
         tplan = build_token_classify_plan(plan_options, model)
         return TokenClassifyEngine(
             tplan, loader, config, options=options, keep_columns=keep_columns, faults=faults, warn=warn
+        )
+    if task == "token_embed":
+        from poolcli.engine.plan import build_plan
+        from poolcli.engine.token_embed import TokenEmbedEngine
+
+        assert isinstance(options, TokenEmbedOptions)
+        return TokenEmbedEngine(
+            build_plan(plan_options, model, "token_embed"),
+            loader,
+            config,
+            options=options,
+            keep_columns=keep_columns,
+            faults=faults,
+            warn=warn,
         )
     if task in ("score", "rerank"):
         from poolcli.engine.plan import build_score_plan

@@ -208,9 +208,11 @@ class TokenClassifyEngine(RowEngine):
         model = self._model(True) if float32 else self._logits
         return self._pooler(model.logits(batch.ids, batch.mask, None), batch.mask)
 
-    def _finish(self, values: list[np.ndarray], encoded: Sequence[Encoded]) -> list[np.ndarray]:
+    def _finish(
+        self, values: list[np.ndarray], encoded: Sequence[Encoded]
+    ) -> tuple[list[np.ndarray], Sequence[Encoded]]:
         if self.tplan.pooling != "STEP":
-            return values
+            return values, encoded
         import torch
 
         from poolcli.pooler.methods import step_pool
@@ -224,4 +226,4 @@ class TokenClassifyEngine(RowEngine):
                 returned_token_ids=None,
             )
             out.append(kept.numpy().astype(np.float32, copy=False))
-        return out
+        return out, encoded

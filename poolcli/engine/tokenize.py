@@ -21,7 +21,7 @@ class TextEncoder:
     so finding too-long rows costs no second pass.
     """
 
-    def __init__(self, plan: Plan, *, offsets: bool = False) -> None:
+    def __init__(self, plan: Plan, *, offsets: bool = False, special: bool = False) -> None:
         from tokenizers import Tokenizer
 
         hf, backend = _load_tokenizer(plan.model.path)
@@ -53,6 +53,7 @@ class TextEncoder:
         self.lower = plan.lower_case
         self.prompt_tokens = self._prompt_length() if (plan.prompt and not plan.pooling.include_prompt) else 0
         self.offsets = offsets
+        self.special = special
 
     def _prompt_length(self) -> int:
         """Tokens of the prompt, less a trailing special token (how Sentence-Transformers counts it)."""
@@ -72,11 +73,15 @@ class TextEncoder:
         if self._keep_prompt_left is not None:
             return self._encode_left_keeping_prompt(texts, *self._keep_prompt_left)
         batch = self._tok.encode_batch([self.prepare(t) for t in texts], add_special_tokens=True)
-        if self.offsets:
-            return [
-                Encoded(e.ids, bool(e.overflowing), self._text_offsets(e.offsets, e.special_tokens_mask)) for e in batch
-            ]
-        return [Encoded(e.ids, bool(e.overflowing)) for e in batch]
+        return [
+            Encoded(
+                e.ids,
+                bool(e.overflowing),
+                self._text_offsets(e.offsets, e.special_tokens_mask) if self.offsets else None,
+                special=list(e.special_tokens_mask) if self.special else None,
+            )
+            for e in batch
+        ]
 
     def _text_offsets(self, offsets: Sequence[tuple[int, int]], special: Sequence[int]) -> list[tuple[int, int]]:
         """Offsets in the prepared text (prompt + text) -> offsets in the row's own text."""
@@ -94,8 +99,9 @@ class TextEncoder:
         for e in full.encode_batch([self.prepare(t) for t in texts], add_special_tokens=True):
             ids, special = e.ids, e.special_tokens_mask
             offsets = self._text_offsets(e.offsets, special) if self.offsets else None
+            mask = list(special) if self.special else None
             if len(ids) <= self.max_tokens:
-                out.append(Encoded(ids, False, offsets))
+                out.append(Encoded(ids, False, offsets, special=mask))
                 continue
             lead = next((i for i, m in enumerate(special) if not m), len(ids))
             trail = next((i for i, m in enumerate(reversed(special)) if not m), 0)
@@ -104,7 +110,12 @@ class TextEncoder:
             # Positions kept: leading specials, the prompt, the last `room` text tokens, trailing specials.
             keep = [*range(lead + prompt_len), *range(n - trail - room, n)]
             out.append(
-                Encoded([ids[i] for i in keep], True, [offsets[i] for i in keep] if offsets is not None else None)
+                Encoded(
+                    [ids[i] for i in keep],
+                    True,
+                    [offsets[i] for i in keep] if offsets is not None else None,
+                    special=[special[i] for i in keep] if mask is not None else None,
+                )
             )
         return out
 

@@ -610,7 +610,8 @@ class PartWriter:
     def _validate(self) -> None:
         """Reopen the staged part: its footer, row count, ids, and finite values, before it may be renamed.
 
-        Read batch by batch, so validating a part costs a batch of memory, not the whole part."""
+        Read a thousand rows at a time, so validating a part costs that much memory, not the whole part (per-token
+        vectors make a row large)."""
         import numpy as np
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -623,7 +624,7 @@ class PartWriter:
             pf = pq.ParquetFile(self.staged)
             if pf.metadata.num_rows != len(self.ids):
                 raise fail("rows differ from what was computed")
-            for batch in pf.iter_batches(batch_size=8192, columns=[self.id_column, self.value_column]):
+            for batch in pf.iter_batches(batch_size=1024, columns=[self.id_column, self.value_column]):
                 ids = batch.column(0).to_pylist()
                 if ids != self.ids[seen : seen + len(ids)]:
                     raise fail("ids differ from what was computed")

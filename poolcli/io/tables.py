@@ -198,7 +198,61 @@ _ENTITY = pa.struct(
 )
 
 
-class TokenClassifyTableBuilder(EmbedTableBuilder):
+class PerTokenTableBuilder(EmbedTableBuilder):
+    """Base of the per-token tables: one list of vectors per row, with the rows' token ids alongside."""
+
+    def __init__(self, dim: int, dtype: OutputDType, keep_columns: tuple[str, ...]) -> None:
+        super().__init__(dim, dtype, keep_columns)
+        self._encoded: Sequence[Any] = ()
+        self._texts: Sequence[str] = ()
+
+    def observe(self, block: Block) -> None:
+        if self.schema is None and block.ids:
+            n = len(block.ids)
+            empty = [np.zeros((0, self.dim), dtype=np.float32) for _ in range(n)]
+            encoded = [Encoded([], False, []) for _ in range(n)]
+            self.table(block.ids, empty, [0] * n, [False] * n, block.keep, encoded=encoded, texts=[""] * n)
+
+    def table(
+        self,
+        ids: list[Any],
+        vectors: Any,
+        n_tokens: list[int],
+        truncated: list[bool],
+        keep: dict[str, list[Any]],
+        *,
+        encoded: Sequence[Any] = (),
+        texts: Sequence[str] = (),
+    ) -> pa.Table:
+        self._encoded, self._texts = encoded, texts
+        try:
+            return super().table(ids, vectors, n_tokens, truncated, keep, encoded=encoded, texts=texts)
+        finally:
+            self._encoded, self._texts = (), ()
+
+
+class TokenEmbedTableBuilder(PerTokenTableBuilder):
+    """token-embed: `token_ids` (the kept tokens) and `embeddings` (one vector per kept token), `n_tokens`,
+    `truncated`."""
+
+    value_column = "embeddings"
+
+    def value_fields(self) -> list[pa.Field]:
+        return [
+            pa.field("token_ids", pa.list_(pa.int32())),
+            pa.field("embeddings", pa.list_(pa.list_(_ARROW_FLOAT[self.dtype], self.dim))),
+        ]
+
+    def value_arrays(self, vectors: Any) -> list[tuple[str, pa.Array]]:
+        encoded = self._encoded
+        assert len(encoded) == len(vectors)
+        return [
+            ("token_ids", _ragged([np.asarray(e.ids, dtype=np.int32) for e in encoded], pa.int32(), None)),
+            ("embeddings", _ragged(list(vectors), _ARROW_FLOAT[self.dtype], self.dim)),
+        ]
+
+
+class TokenClassifyTableBuilder(PerTokenTableBuilder):
     """token-classify: `token_ids` and `probs` (one vector per token, or per step tag with STEP pooling, then
     `step_positions`), `n_tokens`, `truncated`; `offsets` ([start, end) characters per token) and `entities`
     (aggregated spans) when asked for."""
@@ -223,17 +277,6 @@ class TokenClassifyTableBuilder(EmbedTableBuilder):
         self.offsets = offsets
         self.aggregate = aggregate
         self.ignore_labels = ignore_labels
-        self._encoded: Sequence[Any] = ()
-        self._texts: Sequence[str] = ()
-
-    def observe(self, block: Block) -> None:
-        if self.schema is None and block.ids:
-            n = len(block.ids)
-            empty = np.empty(n, dtype=object)
-            for i in range(n):
-                empty[i] = np.zeros((0, self.dim), dtype=np.float32)
-            encoded = [Encoded([], False, []) for _ in range(n)]
-            self.table(block.ids, empty, [0] * n, [False] * n, block.keep, encoded=encoded, texts=[""] * n)
 
     def value_fields(self) -> list[pa.Field]:
         fields = [
@@ -247,23 +290,6 @@ class TokenClassifyTableBuilder(EmbedTableBuilder):
         if self.aggregate:
             fields.append(pa.field("entities", pa.list_(_ENTITY)))
         return fields
-
-    def table(
-        self,
-        ids: list[Any],
-        vectors: NDArray[Any],
-        n_tokens: list[int],
-        truncated: list[bool],
-        keep: dict[str, list[Any]],
-        *,
-        encoded: Sequence[Any] = (),
-        texts: Sequence[str] = (),
-    ) -> pa.Table:
-        self._encoded, self._texts = encoded, texts
-        try:
-            return super().table(ids, vectors, n_tokens, truncated, keep, encoded=encoded, texts=texts)
-        finally:
-            self._encoded, self._texts = (), ()
 
     def value_arrays(self, vectors: NDArray[Any]) -> list[tuple[str, pa.Array]]:
         encoded = self._encoded

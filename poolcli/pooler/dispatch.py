@@ -62,8 +62,8 @@ class TokenEmbedPooler:
 
     supported_tasks: tuple[PoolingTask, ...] = ("token_embed",)
 
-    def __init__(self, *, projector: nn.Module | None, normalize: bool) -> None:
-        self.head = TokenEmbeddingHead(projector, normalize)
+    def __init__(self, *, projector: nn.Module | None, normalize: bool, dimensions: int | None = None) -> None:
+        self.head = TokenEmbeddingHead(projector, normalize, dimensions)
 
     def __call__(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
         return self.head(hidden)
@@ -122,7 +122,7 @@ def pooler_for(
             skip_prompt_tokens=skip_prompt_tokens,
         )
     elif task == "token_embed":
-        pooler = TokenEmbedPooler(projector=projector, normalize=normalize)
+        pooler = TokenEmbedPooler(projector=projector, normalize=normalize, dimensions=dimensions)
     else:
         head = ClassifierHead(activation, use_activation=use_activation, logit_mean=logit_mean, logit_sigma=logit_sigma)
         if task == "classify":

@@ -76,16 +76,20 @@ class EmbeddingHead:
 
 
 class TokenEmbeddingHead:
-    """Per-token vectors: every position's hidden state (float32) -> projector -> L2 normalisation per token."""
+    """Per-token vectors: every position's hidden state (float32) -> projector -> matryoshka slice -> L2
+    normalisation per token (vLLM's token_embed head)."""
 
-    def __init__(self, projector: nn.Module | None, normalize: bool) -> None:
+    def __init__(self, projector: nn.Module | None, normalize: bool, dimensions: int | None = None) -> None:
         self.projector = projector
         self.normalize = normalize
+        self.dimensions = dimensions
 
     def __call__(self, hidden: Tensor) -> Tensor:
         x = hidden.float()
         if self.projector is not None:
             x = self.projector(x)
+        if self.dimensions is not None:
+            x = x[..., : self.dimensions]
         if self.normalize:
             x = F.normalize(x, p=2, dim=-1)
         return x

@@ -175,3 +175,14 @@ def test_run_file_is_the_cli_run(tmp_path: Path, tiny_bert: Path) -> None:
     with pytest.raises(DataError) as stopped:
         poolcli.run_file("embed", str(src), str(tmp_path / "strict.parquet"), model=str(tiny_bert), strict=True)
     assert stopped.value.summary is not None and stopped.value.summary["errors"] == 1
+
+
+def test_token_embed_is_bit_identical_to_the_cli(tmp_path: Path, tiny_bert: Path) -> None:
+    cli = _cli_table(tmp_path, "token-embed", _rows_file(tmp_path), "-m", tiny_bert, "--skip-special-tokens")
+    m = poolcli.load(str(tiny_bert))
+    per_row = m.token_embed(TEXTS, skip_special_tokens=True)
+    assert all(v.dtype == np.float16 for v in per_row)
+    for got, want in zip(per_row, cli.column("embeddings").to_pylist(), strict=True):  # type: ignore[attr-defined]
+        assert np.array_equal(got, np.array(want, dtype=np.float16))
+    table = m.token_embed(TEXTS, skip_special_tokens=True, as_table=True)
+    assert table.equals(cli.replace_schema_metadata(None))  # type: ignore[attr-defined]

@@ -1,0 +1,99 @@
+"""token-embed: one text per row -> one vector per kept token (every position, through the projector, normalized
+per token). Special tokens are kept unless asked otherwise, as vLLM's token_embed keeps them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from poolcli.config import EngineConfig, TokenEmbedOptions
+from poolcli.engine.base import RowEngine
+from poolcli.faults import NO_FAULTS, Faults
+from poolcli.io.records import Encoded
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from poolcli.engine.batch import Collated
+    from poolcli.engine.plan import Plan
+    from poolcli.io.tables import TokenEmbedTableBuilder
+    from poolcli.model.load import HiddenStateModel, Loader
+    from poolcli.pooler.dispatch import Pooler
+
+
+class TokenEmbedEngine(RowEngine):
+    """Token ids -> hidden states -> per-token head (projector, matryoshka slice, L2 norm per token)."""
+
+    task = "token_embed"
+    value_column = "embeddings"
+    per_token = True
+
+    def __init__(
+        self,
+        plan: Plan,
+        loader: Loader,
+        config: EngineConfig,
+        *,
+        options: TokenEmbedOptions | None = None,
+        keep_columns: tuple[str, ...] = (),
+        faults: Faults = NO_FAULTS,
+        warn: Callable[[str], None] = lambda message: None,
+    ) -> None:
+        self.options = options = options or TokenEmbedOptions()
+        self.out_dtype = np.float16 if options.output_dtype == "float16" else np.float32
+        super().__init__(plan, loader, config, keep_columns=keep_columns, faults=faults, warn=warn)
+        self._body: HiddenStateModel | None = None
+        self._pooler: Pooler | None = None
+
+    @property
+    def dim(self) -> int:
+        return self.plan.params.dimensions or self.plan.embedding_size
+
+    def describe(self) -> dict[str, Any]:
+        return self.plan.describe() | {"skip_special_tokens": self.options.skip_special_tokens}
+
+    def identity(self) -> dict[str, Any]:
+        return super().identity() | {"output_dtype": self.options.output_dtype}
+
+    def _encoder_options(self) -> dict[str, Any]:
+        return {"special": self.options.skip_special_tokens}
+
+    def _builder(self) -> TokenEmbedTableBuilder:
+        from poolcli.io.tables import TokenEmbedTableBuilder
+
+        return TokenEmbedTableBuilder(self.dim, self.options.output_dtype, self.keep_columns)
+
+    def _load_model(self) -> int:
+        from poolcli.pooler.dispatch import pooler_for
+
+        self._body = self.loader.hidden_state_model()
+        params = self.plan.params
+        self._pooler = pooler_for(
+            "token_embed",
+            projector=self.loader.projector(),
+            dimensions=params.dimensions,
+            normalize=params.normalize,
+        )
+        return self.encoder.pad_id
+
+    def _forward(self, batch: Collated, float32: bool) -> Tensor:
+        assert self._body is not None and self._pooler is not None
+        body = self.loader.hidden_state_model(float32=True) if float32 else self._body
+        hidden = body.hidden_states(batch.ids, batch.mask)
+        return self._pooler(hidden, batch.mask.to(body.device))
+
+    def _finish(
+        self, values: list[np.ndarray], encoded: Sequence[Encoded]
+    ) -> tuple[list[np.ndarray], Sequence[Encoded]]:
+        if not self.options.skip_special_tokens:
+            return values, encoded
+        kept_values: list[np.ndarray] = []
+        kept_encoded: list[Encoded] = []
+        for vectors, enc in zip(values, encoded, strict=True):
+            assert enc.special is not None
+            keep = np.flatnonzero(np.asarray(enc.special, dtype=bool) == 0)
+            kept_values.append(vectors[keep])
+            kept_encoded.append(Encoded([enc.ids[i] for i in keep], enc.truncated))
+        return kept_values, kept_encoded
