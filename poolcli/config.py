@@ -24,6 +24,7 @@ from poolcli.vocab import (
     ColbertRole,
     Convert,
     DType,
+    EmbedOutput,
     OnTooLong,
     OutputDType,
     PoolingTask,
@@ -337,6 +338,9 @@ class EmbedOptions(msgspec.Struct, frozen=True, kw_only=True):
 
     output_dtype: OutputDType = "float32"
     """Element type of stored vectors."""
+    outputs: tuple[EmbedOutput, ...] = ("dense",)
+    """BGE-M3: any of dense (`embedding`), sparse (`lexical_weights`), colbert (`colbert_embeddings`), all from
+    one forward pass."""
 
 
 TaskOptions = EmbedOptions | ClassifyOptions | TokenClassifyOptions | TokenEmbedOptions | ScoreOptions

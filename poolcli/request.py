@@ -93,6 +93,8 @@ class Request(msgspec.Struct, kw_only=True):
     offsets: bool = False
     aggregate: str = "none"
     ignore_labels: str | Sequence[str] = "O"
+    outputs: str | Sequence[str] | None = None
+    """embed on BGE-M3: dense, sparse, colbert (comma-separated or a list)."""
     # token-embed
     skip_special_tokens: bool = False
     colbert_role: str | None = None
@@ -199,7 +201,11 @@ def build(req: Request) -> Configs:
 
 def task_options(req: Request) -> TaskOptions:
     if req.task == "embed":
-        return _convert(EmbedOptions, output_dtype=req.output_dtype or "float32")
+        outputs = req.outputs.split(",") if isinstance(req.outputs, str) else (req.outputs or ["dense"])
+        chosen = tuple(dict.fromkeys(o.strip() for o in outputs if o.strip()))
+        if not chosen:
+            raise UsageError("--outputs names none of dense, sparse, colbert")
+        return _convert(EmbedOptions, output_dtype=req.output_dtype or "float32", outputs=chosen)
     if req.task == "classify":
         return _convert(ClassifyOptions, top_k=req.top_k, threshold=req.threshold)
     if req.task == "token_embed":

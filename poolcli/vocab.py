@@ -40,8 +40,11 @@ ColbertRole = Literal["query", "document"]
 # token-classify: how per-token NER predictions become entity spans (none: no `entities` column).
 TokenAggregation = Literal["none", "simple"]
 
-# The final activation of a classifier head.
-Activation = Literal["sigmoid", "softmax", "identity"]
+# The final activation of a classifier head (relu: BGE-M3's sparse head).
+Activation = Literal["sigmoid", "softmax", "identity", "relu"]
+
+# What `embed` writes for a BGE-M3 model: the dense vector, the sparse lexical weights, the colbert vectors.
+EmbedOutput = Literal["dense", "sparse", "colbert"]
 
 # How a causal LM's token logits become classifier logits (vLLM's `method`).
 FromTokenMethod = Literal["from_2_way_softmax", "no_post_processing"]

@@ -287,3 +287,139 @@ def build_qwen2_reward(path: Path, *, process: bool, seed: int = 0, hidden: int 
             return self.head(self.body(input_ids=ids).last_hidden_state)  # type: ignore[no-any-return]
 
     return path, Reference().eval()
+
+
+def _colbert_body(path: Path, *, extra_tokens: list[str], seed: int) -> tuple[torch.nn.Module, object]:
+    """A tiny BERT and its tokenizer with ColBERT's marker tokens added (as PyLate registers them)."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = _wordpiece_vocab() + ["[unused0]", "[unused1]"]
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True, model_max_length=128)
+    if extra_tokens:
+        tok.add_tokens(extra_tokens)
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=max(tok.get_vocab().values()) + 1,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        initializer_range=0.5,
+    )
+    return BertModel(config).eval(), tok
+
+
+def build_colbert_stanford(
+    path: Path, *, metadata: dict | None = None, with_projection: bool = True, dim: int = 16, seed: int = 7
+) -> Path:
+    """A Stanford `HF_ColBERT` checkpoint: `bert.*` body weights and a bias-free `linear.weight` in one
+    safetensors file, config architectures HF_ColBERT, and `artifact.metadata` (as colbert-ai saves them)."""
+    from safetensors.torch import save_file
+
+    body, tok = _colbert_body(path, extra_tokens=[], seed=seed)
+    torch.manual_seed(seed + 1)
+    linear = torch.nn.Linear(32, dim, bias=False)
+    state = {f"bert.{k}": v.contiguous() for k, v in body.state_dict().items()}
+    if with_projection:
+        state["linear.weight"] = linear.weight.detach().contiguous()
+    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+    config = body.config.to_dict()
+    config["architectures"] = ["HF_ColBERT"]
+    (path / "config.json").write_text(json.dumps(config, indent=2))
+    tok.save_pretrained(str(path))  # type: ignore[attr-defined]
+    if metadata is not None:
+        (path / "artifact.metadata").write_text(json.dumps(metadata, indent=2))
+    return path
+
+
+def build_colbert_pylate(path: Path, *, settings: dict | None = None, dim: int = 16, seed: int = 11) -> Path:
+    """A PyLate (Sentence-Transformers) ColBERT: the body, a bias-free `1_Dense`, and the `[Q] `/`[D] ` markers as
+    added tokens, with config_sentence_transformers.json as PyLate 1.6 saves it."""
+    from safetensors.torch import save_file
+
+    body, tok = _colbert_body(path, extra_tokens=["[Q] ", "[D] "], seed=seed)
+    body.save_pretrained(str(path))
+    tok.save_pretrained(str(path))  # type: ignore[attr-defined]
+    dense = path / "1_Dense"
+    dense.mkdir()
+    torch.manual_seed(seed + 1)
+    weight = torch.nn.Linear(32, dim, bias=False).weight.detach().contiguous()
+    save_file({"linear.weight": weight}, str(dense / "model.safetensors"))
+    (dense / "config.json").write_text(
+        json.dumps(
+            {
+                "in_features": 32,
+                "out_features": dim,
+                "bias": False,
+                "activation_function": "torch.nn.modules.linear.Identity",
+                "use_residual": False,
+            }
+        )
+    )
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Dense", "type": "pylate.models.Dense.Dense"},
+    ]
+    (path / "modules.json").write_text(json.dumps(modules))
+    (path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 127, "do_lower_case": False}))
+    st = {
+        "model_type": "ColBERT",
+        "prompts": {"query": "", "document": ""},
+        "default_prompt_name": None,
+        "similarity_fn_name": "MaxSim",
+        "query_prefix": "[Q] ",
+        "document_prefix": "[D] ",
+        "query_length": 12,
+        "document_length": 20,
+        "attend_to_expansion_tokens": False,
+        "skiplist_words": list("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"),
+        "do_query_expansion": True,
+    }
+    (path / "config_sentence_transformers.json").write_text(json.dumps(st | (settings or {}), indent=2))
+    return path
+
+
+XLMR_WORDS = "the a of to and in is what capital france paris city river hello world cat dog m3 bge".split()
+
+
+def build_bge_m3(path: Path, *, seed: int = 3, heads: bool = True) -> Path:
+    """A BGE-M3 layout: a tiny XLM-RoBERTa (SentencePiece-style Unigram tokenizer in XLM-R's id order: <s>=0,
+    <pad>=1, </s>=2, <unk>=3, <mask> last) with `colbert_linear.pt` (Linear(H, H)) and `sparse_linear.pt`
+    (Linear(H, 1)) saved beside it with torch.save, as FlagEmbedding saves them."""
+    from transformers import XLMRobertaConfig, XLMRobertaModel, XLMRobertaTokenizer
+
+    path.mkdir(parents=True, exist_ok=True)
+    pieces = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -4.0)]
+    pieces += [("\u2581" + w, -6.0) for w in XLMR_WORDS]
+    pieces += [(p, -7.0) for p in ".,!?'"] + [("\u2581" + p, -7.5) for p in ".,!?'"]
+    for c in "abcdefghijklmnopqrstuvwxyz":
+        pieces += [(c, -9.0), ("\u2581" + c, -9.5)]
+    pieces.append(("<mask>", 0.0))
+    tok = XLMRobertaTokenizer(vocab=pieces, add_prefix_space=True, model_max_length=512)
+    torch.manual_seed(seed)
+    config = XLMRobertaConfig(
+        vocab_size=len(pieces),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=514,
+        type_vocab_size=1,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        initializer_range=0.5,
+    )
+    XLMRobertaModel(config).eval().save_pretrained(str(path))
+    tok.save_pretrained(str(path))
+    if heads:
+        torch.manual_seed(seed + 1)
+        torch.save(torch.nn.Linear(32, 32).state_dict(), str(path / "colbert_linear.pt"))
+        sparse = torch.nn.Linear(32, 1)
+        with torch.no_grad():
+            sparse.weight.mul_(0.1)  # most tokens get a positive weight, some do not: both paths are exercised
+            sparse.bias.fill_(0.1)
+        torch.save(sparse.state_dict(), str(path / "sparse_linear.pt"))
+    return path

@@ -40,6 +40,13 @@ def embed(
     id_field: o.IdField = None,
     keep_columns: o.KeepColumns = None,
     output_dtype: o.OutputDTypeOpt = "float32",
+    outputs: str = typer.Option(
+        "dense",
+        "--outputs",
+        help="BGE-M3: comma-separated dense (embedding), sparse (lexical_weights), colbert (colbert_embeddings), "
+        "written from one forward pass.",
+        rich_help_panel="Pooling",
+    ),
     device: o.Device = "auto",
     dtype: o.DTypeOpt = "auto",
     hf_overrides: o.HfOverrides = None,

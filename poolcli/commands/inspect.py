@@ -102,8 +102,36 @@ def inspect(
         if "classify" in resolved.supported_tasks and not resolved.is_reward:
             info["score_type"] = "cross-encoder" if c.num_labels == 1 else None
             info["pair_encoding"] = "text pair" if c.use_sep_token else "concatenation"
+    elif resolved.colbert is not None:
+        cb = resolved.colbert
+        for key in ("pooling_type", "pooling_source", "normalize", "embedding_size", "matryoshka"):
+            info.pop(key)
+        info.pop("dimensions_allowed")
+        info["pooling_type"] = "ALL (every token)"
+        info["score_type"] = "late-interaction"
+        info["colbert"] = {
+            "layout": cb.layout,
+            "projection": f"{cb.projection} (bias-free)" if cb.projection else "Sentence-Transformers Dense",
+            "dim": cb.dim,
+            "query_prefix": cb.query_prefix,
+            "document_prefix": cb.document_prefix,
+            "query_length": cb.query_length,
+            "document_length": cb.document_length,
+            "query_expansion": cb.do_query_expansion,
+            "attend_to_expansion_tokens": cb.attend_to_expansion_tokens,
+            "skiplist": "".join(cb.skiplist_words) if cb.skiplist_words else "none",
+            "settings_from": cb.source,
+        }
     elif "embed" in resolved.supported_tasks:
         info["score_type"] = "bi-encoder"
+    if resolved.bge_m3 is not None:
+        m3 = resolved.bge_m3
+        info["bge_m3"] = {
+            "dense": "CLS, normalised (embed)",
+            "colbert": f"colbert_linear Linear({resolved.hidden_size}, {m3.colbert_dim}) over every token but the "
+            "first, normalised (token-embed)",
+            "sparse": f"sparse_linear Linear({resolved.hidden_size}, 1) + relu, max per token id (token-classify)",
+        }
     if as_json:
         print_text(json.dumps(info, indent=2))
         return
@@ -112,6 +140,9 @@ def inspect(
     for key, value in info.items():
         if value in (None, [], {}):
             continue
-        shown = ", ".join(map(str, value)) if isinstance(value, list) else value
+        if isinstance(value, dict):
+            shown = "; ".join(f"{k.replace('_', ' ')}: {v}" for k, v in value.items())
+        else:
+            shown = ", ".join(map(str, value)) if isinstance(value, list) else value
         lines.append(f"{key.replace('_', ' '):<{width}}  {shown}")
     print_text("\n".join(lines))

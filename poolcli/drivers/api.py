@@ -112,6 +112,8 @@ class Model:
         `normalize`, `dimensions`, `prompt`, `prompt_name`, `config`, `pooler_config`, `truncate_prompt_tokens`,
         `truncation_side`, `on_too_long`, `output_dtype`."""
         result = self._rows("embed", texts, ids, options)
+        if "colbert_embeddings" in result.table.column_names or "lexical_weights" in result.table.column_names:
+            return self._shape(result, as_table, on_error, _m3_outputs)
         return self._shape(result, as_table, on_error, lambda t: _fixed_size(t.column("embedding")))
 
     def classify(
@@ -142,6 +144,8 @@ class Model:
         output table (`token_ids`, `probs`, `offsets`, `entities`, ...) with `as_table`. Options: `pooling_type`,
         `step_tag_id`, `returned_token_ids`, `use_activation`, `offsets`, `aggregate`, `ignore_labels`, ..."""
         result = self._rows("token_classify", texts, ids, options)
+        if "lexical_weights" in result.table.column_names:  # BGE-M3: one {token id: weight} per text
+            return self._shape(result, as_table, on_error, lambda t: _lexical(t.column("lexical_weights")))
         return self._shape(result, as_table, on_error, lambda t: _ragged(t, "probs"))
 
     def token_embed(
@@ -324,6 +328,23 @@ def _ragged(table: pa.Table, name: str) -> list[np.ndarray]:
         row = column[i].values  # fixed_size_list<float32>[labels], one per token
         flat = row.flatten().to_numpy(zero_copy_only=False) if len(row) else np.zeros(0, np.float32)
         out.append(flat.reshape(len(row), width))
+    return out
+
+
+def _lexical(column: pa.ChunkedArray) -> list[dict[int, float]]:
+    return [dict(row) for row in column.to_pylist()]
+
+
+def _m3_outputs(table: pa.Table) -> dict[str, Any]:
+    """BGE-M3's outputs under FlagEmbedding's names: dense_vecs [n, H], lexical_weights, colbert_vecs."""
+    out: dict[str, Any] = {}
+    names = table.column_names
+    if "embedding" in names:
+        out["dense_vecs"] = _fixed_size(table.column("embedding"))
+    if "lexical_weights" in names:
+        out["lexical_weights"] = _lexical(table.column("lexical_weights"))
+    if "colbert_embeddings" in names:
+        out["colbert_vecs"] = _ragged(table, "colbert_embeddings")
     return out
 
 

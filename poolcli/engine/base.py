@@ -17,7 +17,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -32,10 +32,18 @@ if TYPE_CHECKING:
     from torch import Tensor
 
     from poolcli.engine.plan import Plan
-    from poolcli.engine.tokenize import TextEncoder
     from poolcli.io.tables import EmbedTableBuilder
     from poolcli.model.load import Loader
     from poolcli.model.resolve import ResolvedModel
+
+
+class RowEncoder(Protocol):
+    """Texts -> token ids (`poolcli.engine.tokenize`): the plan's tokenization, or a ColBERT role's."""
+
+    pad_id: int
+    prompt_tokens: int
+
+    def encode(self, texts: Sequence[str]) -> list[Encoded]: ...
 
 
 class BlockResult(NamedTuple):
@@ -143,8 +151,9 @@ class TaskEngine(ABC):
 class RowEngine(TaskEngine):
     """One text per input row -> one output row (embed, classify, token-classify)."""
 
-    per_token = False
-    """The forward's output is per position ([B, L, ...]); each row keeps its own positions."""
+    per_token: bool | tuple[bool, ...] = False
+    """The forward's output is per position ([B, L, ...]); each row keeps its own positions (one flag per head
+    when the forward returns several)."""
     out_dtype: type[np.floating] = np.float32
     """The precision outputs are held in between the model and the table."""
 
@@ -161,7 +170,7 @@ class RowEngine(TaskEngine):
         super().__init__(plan.model, loader, config, faults=faults, warn=warn)
         self.plan = plan
         self.keep_columns = keep_columns
-        self._encoder: TextEncoder | None = None
+        self._encoder: RowEncoder | None = None
         self.builder = self._builder()
 
     @abstractmethod
@@ -169,8 +178,9 @@ class RowEngine(TaskEngine):
         """The task's table builder."""
 
     @abstractmethod
-    def _forward(self, batch: Collated, float32: bool) -> Tensor:
-        """Padded token ids -> the task's float32 outputs, one per row (or per position with `per_token`)."""
+    def _forward(self, batch: Collated, float32: bool) -> Tensor | tuple[Tensor, ...]:
+        """Padded token ids -> the task's float32 outputs, one per row (or per position with `per_token`); a
+        tuple for several heads on one forward pass."""
 
     def _finish(
         self, values: list[np.ndarray], encoded: Sequence[Encoded]
@@ -182,12 +192,15 @@ class RowEngine(TaskEngine):
     def _encoder_options(self) -> dict[str, Any]:
         return {}
 
-    @property
-    def encoder(self) -> TextEncoder:
-        if self._encoder is None:
-            from poolcli.engine.tokenize import TextEncoder
+    def _make_encoder(self) -> RowEncoder:
+        from poolcli.engine.tokenize import TextEncoder
 
-            self._encoder = TextEncoder(self.plan, **self._encoder_options())
+        return TextEncoder(self.plan, **self._encoder_options())
+
+    @property
+    def encoder(self) -> RowEncoder:
+        if self._encoder is None:
+            self._encoder = self._make_encoder()
         return self._encoder
 
     def prepare(self, texts: Sequence[str]) -> list[Encoded]:
@@ -275,5 +288,5 @@ class RowEngine(TaskEngine):
         return BlockResult(table, bad, sum(n_tokens), sum(truncated))
 
     def _stack(self, values: list[np.ndarray]) -> Any:
-        """Fixed-width outputs become one [n, d] array; per-token tasks keep one array per row."""
+        """Fixed-width outputs become one [n, d] array; per-token (and several-head) outputs stay one per row."""
         return values if self.per_token else np.stack(values)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import gc
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import msgspec
 import numpy as np
@@ -48,6 +48,9 @@ class TokenSeq(Protocol):
     @property
     def type_ids(self) -> list[int] | None: ...
 
+    @property
+    def attention(self) -> list[int] | None: ...
+
 
 class Collated(NamedTuple):
     """A padded batch: int64 [B, L] ids, mask and (for text pairs with token types) type ids."""
@@ -57,8 +60,11 @@ class Collated(NamedTuple):
     types: Tensor | None
 
 
-Forward = Callable[[Collated, bool], "Tensor"]
-"""(batch, float32) -> outputs [B, ...] (rows right-padded, so a per-token output's first n positions are the row's)."""
+Forward = Callable[[Collated, bool], "Tensor | tuple[Tensor, ...]"]
+"""(batch, float32) -> outputs [B, ...] (rows right-padded, so a per-token output's first n positions are the
+row's); several heads on one forward pass return a tuple, one tensor per head."""
+Output = Any
+"""One item's output: a numpy array, or a tuple of arrays (one per head) when the forward returns a tuple."""
 
 
 def collate(rows: Sequence[TokenSeq], pad_id: int) -> Collated:
@@ -73,7 +79,7 @@ def collate(rows: Sequence[TokenSeq], pad_id: int) -> Collated:
     for i, row in enumerate(rows):
         n = len(row.ids)
         ids[i, :n] = torch.as_tensor(row.ids, dtype=torch.long)
-        mask[i, :n] = 1
+        mask[i, :n] = 1 if row.attention is None else torch.as_tensor(row.attention, dtype=torch.long)
         if types is not None and row.type_ids is not None:
             types[i, :n] = torch.as_tensor(row.type_ids, dtype=torch.long)
     return Collated(ids, mask, types)
@@ -127,16 +133,16 @@ class BatchTemplate:
         rows: Sequence[int],
         forward: Forward,
         *,
-        per_token: bool = False,
+        per_token: bool | tuple[bool, ...] = False,
         out_dtype: type[np.floating] = np.float32,
         stop: StopCheck = lambda: None,
         on_batch: OnBatch = lambda rows, tokens: None,
-    ) -> tuple[list[np.ndarray | None], Failed]:
+    ) -> tuple[list[Output | None], Failed]:
         """Each item's output (numpy in `out_dtype`, cast per batch so a window of per-token vectors is held in the
-        output's precision; with `per_token`, its first len(ids) positions) in item order, and the items that
-        failed. `rows` are the items' input row (or pair) numbers, for the fault hooks."""
+        output's precision; with `per_token` (per head, for a tuple), its first len(ids) positions) in item order,
+        and the items that failed. `rows` are the items' input row (or pair) numbers, for the fault hooks."""
         lengths = [len(item.ids) for item in items]
-        out: list[np.ndarray | None] = [None] * len(items)
+        out: list[Output | None] = [None] * len(items)
         failed: Failed = {}
 
         def compute(batch: list[int]) -> None:
@@ -173,7 +179,7 @@ class BatchTemplate:
             stop()
 
         for j, values in enumerate(out):
-            if values is None or np.isfinite(values).all():
+            if values is None or _finite(values):
                 continue
             out[j] = None
             try:
@@ -184,7 +190,7 @@ class BatchTemplate:
                 self.free()
                 failed[j] = ("OOM_SINGLE_ROW", "out of memory recomputing a non-finite row in float32")
                 continue
-            if np.isfinite(again).all():
+            if _finite(again):
                 out[j] = again
             else:
                 failed[j] = ("NONFINITE_OUTPUT", "the model produced NaN or Inf for this row, also in float32 alone")
@@ -197,10 +203,10 @@ class BatchTemplate:
         batch: list[int],
         forward: Forward,
         *,
-        per_token: bool,
+        per_token: bool | tuple[bool, ...],
         dtype: type[np.floating],
         retry: bool,
-    ) -> list[np.ndarray]:
+    ) -> list[Output]:
         import torch
 
         f = self.faults
@@ -208,12 +214,17 @@ class BatchTemplate:
         batch_rows = [rows[j] for j in batch]
         f.before_batch(batch_rows, collated.ids.numel())
         with torch.inference_mode():
-            result = forward(collated, retry).float().cpu().numpy().astype(dtype, copy=False)
-        values = [result[k, : len(items[j].ids)] if per_token else result[k] for k, j in enumerate(batch)]
+            raw = forward(collated, retry)
+            heads = raw if isinstance(raw, tuple) else (raw,)
+            arrays = [t.float().cpu().numpy().astype(dtype, copy=False) for t in heads]
+        flags = per_token if isinstance(per_token, tuple) else (per_token,) * len(arrays)
+        values: list[Output] = []
+        for k, j in enumerate(batch):
+            n = len(items[j].ids)
+            parts = tuple(a[k, :n] if flag else a[k] for a, flag in zip(arrays, flags, strict=True))
+            values.append(parts if isinstance(raw, tuple) else parts[0])
         if f.nan_rows and (f.nan_always or not retry):
-            values = [
-                np.full_like(v, np.nan) if r in f.nan_rows else v for v, r in zip(values, batch_rows, strict=True)
-            ]
+            values = [_poisoned(v) if r in f.nan_rows else v for v, r in zip(values, batch_rows, strict=True)]
         if f.slow_batch_seconds:
             time.sleep(f.slow_batch_seconds)
         self.stats.batches += 1
@@ -226,3 +237,15 @@ class BatchTemplate:
         gc.collect()
         if self.device == "cuda":
             torch.cuda.empty_cache()
+
+
+def _finite(values: Output) -> bool:
+    parts = values if isinstance(values, tuple) else (values,)
+    return all(bool(np.isfinite(p).all()) for p in parts)
+
+
+def _poisoned(values: Output) -> Output:
+    """The fault hook's NaN output of a row (every head's)."""
+    if isinstance(values, tuple):
+        return tuple(np.full_like(p, np.nan) for p in values)
+    return np.full_like(values, np.nan)

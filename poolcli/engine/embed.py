@@ -1,16 +1,24 @@
-"""embed: one text per row -> one vector (sequence pooling, then the embedding head)."""
+"""embed: one text per row -> one vector (sequence pooling, then the embedding head).
+
+On BGE-M3, `--outputs dense,sparse,colbert` computes the dense vector, the lexical weights and the colbert vectors
+from one forward pass (three heads on the same hidden states), exactly as `embed`, `token-classify` and
+`token-embed` give them one at a time."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from poolcli.config import EmbedOptions, EngineConfig
 from poolcli.engine.base import RowEngine
+from poolcli.errors import UsageError
 from poolcli.faults import NO_FAULTS, Faults
+from poolcli.io.records import Encoded
 
 if TYPE_CHECKING:
-    from torch import Tensor
+    from torch import Tensor, nn
 
     from poolcli.engine.batch import Collated
     from poolcli.engine.plan import Plan
@@ -37,23 +45,46 @@ class EmbedEngine(RowEngine):
         warn: Callable[[str], None] = lambda message: None,
     ) -> None:
         self.options = options = options or EmbedOptions()
+        self.multi = options.outputs != ("dense",)
+        if self.multi and plan.model.bge_m3 is None:
+            raise UsageError(
+                f"--outputs {','.join(options.outputs)}: sparse and colbert outputs need a BGE-M3 model "
+                "(BgeM3EmbeddingModel); this one gives the dense vector only"
+            )
+        if self.multi:
+            self.per_token = (False, True, True)
         super().__init__(plan, loader, config, keep_columns=keep_columns, faults=faults, warn=warn)
         self._body: HiddenStateModel | None = None
         self._pooler: Pooler | None = None
+        self._heads: tuple[nn.Module, Pooler] | None = None
 
     @property
     def dim(self) -> int:
         return self.plan.params.dimensions or self.plan.embedding_size
 
     def describe(self) -> dict[str, Any]:
-        return self.plan.describe()
+        return self.plan.describe() | ({"outputs": list(self.options.outputs)} if self.multi else {})
 
     def identity(self) -> dict[str, Any]:
         return super().identity() | {"output_dtype": self.options.output_dtype}
 
     def _builder(self) -> EmbedTableBuilder:
-        from poolcli.io.tables import EmbedTableBuilder
+        from poolcli.io.tables import EmbedTableBuilder, M3TableBuilder
 
+        if self.multi:
+            assert self.plan.model.bge_m3 is not None
+            self.value_column = (
+                "embedding"
+                if "dense" in self.options.outputs
+                else ("colbert_embeddings" if "colbert" in self.options.outputs else "lexical_weights")
+            )
+            return M3TableBuilder(
+                self.dim,
+                self.plan.model.bge_m3.colbert_dim,
+                self.options.output_dtype,
+                self.options.outputs,
+                self.keep_columns,
+            )
         return EmbedTableBuilder(self.dim, self.options.output_dtype, self.keep_columns)
 
     def _load_model(self) -> int:
@@ -69,10 +100,33 @@ class EmbedEngine(RowEngine):
             normalize=params.normalize,
             skip_prompt_tokens=self.encoder.prompt_tokens,
         )
+        if self.multi:
+            colbert = pooler_for("token_embed", projector=self.loader.token_projector(), normalize=params.normalize)
+            self._heads = (self.loader.sparse_head(), colbert)
+            self._sparse_pooler = pooler_for("token_classify", activation="relu")
         return self.encoder.pad_id
 
-    def _forward(self, batch: Collated, float32: bool) -> Tensor:
+    def _forward(self, batch: Collated, float32: bool) -> Tensor | tuple[Tensor, ...]:
         assert self._body is not None and self._pooler is not None
         body = self.loader.hidden_state_model(float32=True) if float32 else self._body
         hidden = body.hidden_states(batch.ids, batch.mask)
-        return self._pooler(hidden, batch.mask.to(body.device)).float()
+        mask = batch.mask.to(body.device)
+        dense = self._pooler(hidden, mask).float()
+        if self._heads is None:
+            return dense
+        sparse_linear, colbert = self._heads
+        return dense, self._sparse_pooler(sparse_linear(hidden.float()), mask), colbert(hidden, mask)
+
+    def _finish(
+        self, values: list[np.ndarray], encoded: Sequence[Encoded]
+    ) -> tuple[list[np.ndarray], Sequence[Encoded]]:
+        if not self.multi:
+            return values, encoded
+        from poolcli.pooler.lexical import lexical_weights
+
+        unused: frozenset[int] = getattr(self.encoder, "lexical_unused", frozenset())
+        rows: list[Any] = []
+        for (dense, sparse, colbert), enc in zip(values, encoded, strict=True):
+            # The colbert vectors leave out the first token, as FlagEmbedding's do (token-embed on BGE-M3).
+            rows.append((dense, lexical_weights(sparse, enc.ids, unused), colbert[1:]))
+        return rows, encoded

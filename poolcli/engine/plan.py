@@ -156,7 +156,9 @@ def build_plan(opts: PlanOptions, model: ResolvedModel, task: PoolingTask) -> Pl
     upper = opts.pooler_flags.over(opts.pooler_config).over(preset)
     if upper.task is not None and upper.task != task:
         raise UsageError(f"pooler config task {upper.task!r} contradicts the command ({task!r})")
-    merged = upper.over(_st_layer(model))
+    # A Sentence-Transformers Normalize module normalizes the pooled vector; per-token vectors are normalized by
+    # default whatever it says (vLLM's token_embed), --no-normalize turns it off.
+    merged = upper if task == "token_embed" else upper.over(_st_layer(model))
     if merged.enable_chunked_processing or merged.max_embed_len is not None:
         raise UsageError(
             "chunked processing of long inputs (enable_chunked_processing, max_embed_len) is not implemented yet",
@@ -176,6 +178,10 @@ def build_plan(opts: PlanOptions, model: ResolvedModel, task: PoolingTask) -> Pl
         pooling = _pooling_spec(merged.seq_pooling_type, upper.seq_pooling_type, model.st_pooling, model)
 
     embedding_size = _embedding_size(pooling, model)
+    if task == "token_embed" and model.colbert is not None:
+        embedding_size = model.colbert.dim
+    elif task == "token_embed" and model.bge_m3 is not None:
+        embedding_size = model.bge_m3.colbert_dim
     dimensions = merged.dimensions
     if dimensions is not None and task in ("embed", "token_embed"):
         _check_dimensions(dimensions, model, embedding_size)
@@ -314,9 +320,11 @@ class ScorePlan(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def _detect_score_type(model: ResolvedModel) -> ScoreType:
+    if model.colbert is not None:
+        return "late-interaction"
     if "classify" in model.supported_tasks and model.classifier is not None:
         return "cross-encoder"
-    return "bi-encoder"  # late interaction is chosen with --score-type until token-embed models are detected
+    return "bi-encoder"
 
 
 def build_score_plan(plan_options: PlanOptions, opts: ScoreOptions, model: ResolvedModel) -> ScorePlan:
@@ -377,14 +385,18 @@ def build_score_plan(plan_options: PlanOptions, opts: ScoreOptions, model: Resol
         )
     if opts.max_tokens_per_query or opts.max_tokens_per_doc:
         raise UsageError("--max-tokens-per-query/--max-tokens-per-doc apply to cross-encoders only")
-    if "embed" not in model.supported_tasks:
+    # Late interaction scores the per-token vectors of the token_embed head; a bi-encoder the pooled embedding.
+    needed: PoolingTask = "token_embed" if score_type == "late-interaction" else "embed"
+    if needed not in model.supported_tasks:
+        kind = "a ColBERT (token-embed) model" if model.colbert is not None else "a classifier"
         raise UsageError(
-            f"--score-type {score_type} needs an embedding model; {model.name} ({model.architecture}) is a classifier",
-            hint="leave --score-type to auto for a cross-encoder",
+            f"--score-type {score_type} needs {'per-token vectors' if needed == 'token_embed' else 'an embedding'}; "
+            f"{model.name} ({model.architecture}) is {kind}",
+            hint="leave --score-type to auto",
         )
     upper = plan_options.pooler_flags.over(plan_options.pooler_config)
-    check_fields_for_task("embed", upper.to_dict(), source="pooler config")
-    embed = build_plan(plan_options, model, "embed")
+    check_fields_for_task(needed, upper.to_dict(), source="pooler config")
+    embed = build_plan(plan_options, model, needed)
     if embed.params.dimensions is not None and score_type == "late-interaction":
         raise UsageError("--dimensions does not apply to late-interaction scoring")
     return ScorePlan(

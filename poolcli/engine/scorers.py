@@ -20,9 +20,10 @@ if TYPE_CHECKING:
     from torch import Tensor
 
     from poolcli.config import EngineConfig
+    from poolcli.engine.base import RowEncoder
     from poolcli.engine.batch import BatchTemplate, Collated
     from poolcli.engine.plan import ScorePlan
-    from poolcli.engine.tokenize import PairEncoder, TextEncoder
+    from poolcli.engine.tokenize import PairEncoder
     from poolcli.io.records import Encoded
     from poolcli.model.load import Loader
 
@@ -129,26 +130,30 @@ class _TextCache:
                 else:
                     self.values[text] = values[j]
 
-    def combine(self, pairs: list[tuple[str, str]], sim: Callable[[Any, Any], float]) -> Scores:
-        scores = np.zeros(len(pairs), dtype=np.float32)
-        failed: Failed = {}
-        n_tokens: list[int] = []
-        truncated: list[bool] = []
-        for i, (q, d) in enumerate(pairs):
-            tq, td = self.tokens[q], self.tokens[d]
-            n_tokens.append(tq[0] + td[0])
-            truncated.append(tq[1] or td[1])
-            bad = self.failed.get(q) or self.failed.get(d)
-            if bad is not None:
-                failed[i] = bad
-                continue
-            scores[i] = sim(self.values[q], self.values[d])
-        return scores, failed, n_tokens, truncated
+
+def _combine(
+    pairs: list[tuple[str, str]], queries: _TextCache, docs: _TextCache, sim: Callable[[Any, Any], float]
+) -> Scores:
+    scores = np.zeros(len(pairs), dtype=np.float32)
+    failed: Failed = {}
+    n_tokens: list[int] = []
+    truncated: list[bool] = []
+    for i, (q, d) in enumerate(pairs):
+        tq, td = queries.tokens[q], docs.tokens[d]
+        n_tokens.append(tq[0] + td[0])
+        truncated.append(tq[1] or td[1])
+        bad = queries.failed.get(q) or docs.failed.get(d)
+        if bad is not None:
+            failed[i] = bad
+            continue
+        scores[i] = sim(queries.values[q], docs.values[d])
+    return scores, failed, n_tokens, truncated
 
 
 class _TextScorer:
     """What the bi-encoder and late interaction share: the embedding plan's text encoder, the model body, and a
-    cache of each distinct text's representation."""
+    cache of each distinct text's representation (one cache for both sides, unless the sides are encoded
+    differently, as a ColBERT checkpoint's queries and documents are)."""
 
     per_token = False
 
@@ -158,10 +163,12 @@ class _TextScorer:
         assert engine.plan.embed is not None
         self.engine = engine
         self.plan = engine.plan.embed
-        self.encoder: TextEncoder = TextEncoder(self.plan)
-        self.pad_id = self.encoder.pad_id
+        self.query_encoder: RowEncoder = TextEncoder(self.plan)
+        self.doc_encoder: RowEncoder = self.query_encoder
+        self.pad_id = self.query_encoder.pad_id
         self.body = engine.loader.hidden_state_model()
-        self.cache = _TextCache()
+        self.queries = _TextCache()
+        self.docs = self.queries
 
     def _hidden(self, batch: Collated, float32: bool) -> Tensor:
         body = self.engine.loader.hidden_state_model(float32=True) if float32 else self.body
@@ -173,15 +180,27 @@ class _TextScorer:
     def _sim(self, a: Any, b: Any) -> float:
         raise NotImplementedError
 
-    def score(self, pairs: list[tuple[str, str]], stop: StopCheck, on_batch: OnBatch) -> Scores:
-        def compute(enc: list[Encoded]) -> tuple[list[np.ndarray | None], Failed]:
-            return self.engine.template.run(
-                enc, list(range(len(enc))), self._forward, per_token=self.per_token, stop=stop, on_batch=on_batch
-            )
+    def _keep(self, enc: list[Encoded], values: list[np.ndarray | None], *, document: bool) -> list[np.ndarray | None]:
+        """Per-text post-processing of the computed representations (none here)."""
+        return values
 
-        texts = [t for pair in pairs for t in pair]
-        self.cache.fill(texts, self.engine.config.window_rows, self.encoder.encode, compute)
-        return self.cache.combine(pairs, self._sim)
+    def score(self, pairs: list[tuple[str, str]], stop: StopCheck, on_batch: OnBatch) -> Scores:
+        def computer(document: bool) -> Callable[[list[Encoded]], tuple[list[np.ndarray | None], Failed]]:
+            def compute(enc: list[Encoded]) -> tuple[list[np.ndarray | None], Failed]:
+                values, failed = self.engine.template.run(
+                    enc, list(range(len(enc))), self._forward, per_token=self.per_token, stop=stop, on_batch=on_batch
+                )
+                return self._keep(enc, values, document=document), failed
+
+            return compute
+
+        window = self.engine.config.window_rows
+        if self.docs is self.queries:
+            self.queries.fill([t for pair in pairs for t in pair], window, self.query_encoder.encode, computer(False))
+        else:
+            self.queries.fill([q for q, _ in pairs], window, self.query_encoder.encode, computer(False))
+            self.docs.fill([d for _, d in pairs], window, self.doc_encoder.encode, computer(True))
+        return _combine(pairs, self.queries, self.docs, self._sim)
 
 
 class BiEncoderScorer(_TextScorer):
@@ -199,7 +218,7 @@ class BiEncoderScorer(_TextScorer):
             projector=engine.loader.projector(),
             dimensions=params.dimensions,
             normalize=params.normalize,
-            skip_prompt_tokens=self.encoder.prompt_tokens,
+            skip_prompt_tokens=self.query_encoder.prompt_tokens,
         )
 
     def _forward(self, batch: Collated, float32: bool) -> Tensor:
@@ -213,9 +232,13 @@ class BiEncoderScorer(_TextScorer):
 
 
 class LateInteractionScorer(_TextScorer):
-    """MaxSim over token vectors: every token's final hidden state (special tokens included), through the
-    model's projector if it has one, L2-normalized per token, summed over query tokens of the best document
-    match."""
+    """MaxSim over token vectors: every token's final hidden state through the token projector (a ColBERT
+    checkpoint's `linear`, BGE-M3's `colbert_linear`, or the Sentence-Transformers Dense stack), L2-normalized per
+    token, summed over query tokens of the best document match (divided by the query's token count with
+    --maxsim-normalize).
+
+    A ColBERT checkpoint encodes queries as queries and documents as documents (markers, [MASK] expansion, the
+    document skiplist, as PyLate does); BGE-M3 drops each side's first token (FlagEmbedding's colbert vectors)."""
 
     per_token = True
 
@@ -223,14 +246,43 @@ class LateInteractionScorer(_TextScorer):
         from poolcli.pooler.dispatch import pooler_for
 
         super().__init__(engine)
+        model = self.plan.model
+        if model.colbert is not None:
+            from poolcli.engine.tokenize import ColbertEncoder
+
+            self.query_encoder = ColbertEncoder(self.plan, model.colbert, "query")
+            doc_encoder = ColbertEncoder(self.plan, model.colbert, "document")
+            self.doc_encoder = doc_encoder
+            self.skip_ids = doc_encoder.skip_ids
+            self.docs = _TextCache()
+        else:
+            self.skip_ids = frozenset()
+        self.drop_first = model.bge_m3 is not None
         self.pooler = pooler_for(
-            "token_embed", projector=engine.loader.projector(), normalize=self.plan.params.normalize
+            "token_embed", projector=engine.loader.token_projector(), normalize=self.plan.params.normalize
         )
         self.by_length = engine.plan.maxsim_normalize
 
     def _forward(self, batch: Collated, float32: bool) -> Tensor:
         hidden = self._hidden(batch, float32)
         return self.pooler(hidden, batch.mask.to(hidden.device))
+
+    def _keep(self, enc: list[Encoded], values: list[np.ndarray | None], *, document: bool) -> list[np.ndarray | None]:
+        skip = self.skip_ids if document else frozenset()
+        if not (skip or self.drop_first):
+            return values
+        out: list[np.ndarray | None] = []
+        for e, v in zip(enc, values, strict=True):
+            if v is None:
+                out.append(None)
+                continue
+            keep = np.ones(len(e.ids), dtype=bool)
+            if self.drop_first:
+                keep[:1] = False
+            if skip:
+                keep &= ~np.isin(np.asarray(e.ids), list(skip))
+            out.append(v[keep])
+        return out
 
     def _sim(self, a: Any, b: Any) -> float:
         import torch

@@ -68,6 +68,18 @@ def build_engine(
             faults=faults,
             warn=warn,
         )
+    if task == "token_classify" and model.bge_m3 is not None:
+        from poolcli.engine.lexical import LexicalEngine
+        from poolcli.engine.plan import build_plan
+
+        return LexicalEngine(
+            build_plan(plan_options, model, "token_classify"),
+            loader,
+            config,
+            keep_columns=keep_columns,
+            faults=faults,
+            warn=warn,
+        )
     if task == "token_classify":
         from poolcli.engine.token_classify import TokenClassifyEngine, build_token_classify_plan
 

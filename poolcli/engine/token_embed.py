@@ -1,15 +1,23 @@
-"""token-embed: one text per row -> one vector per kept token (every position, through the projector, normalized
-per token). Special tokens are kept unless asked otherwise, as vLLM's token_embed keeps them."""
+"""token-embed: one text per row -> one vector per kept token (every position, through the token projector,
+normalized per token). Special tokens are kept unless asked otherwise, as vLLM's token_embed keeps them.
+
+- ColBERT checkpoints: the projection is the checkpoint's (Stanford `linear`, or PyLate's Dense); with a role,
+  the text is encoded as PyLate encodes queries (marker, [MASK] expansion) or documents (marker, skiplist
+  tokens dropped); without one, plain per-token vectors, as vLLM gives them.
+- BGE-M3: `colbert_linear` over every token but the first (FlagEmbedding's `colbert_vecs`: <s> dropped, </s>
+  kept)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import numpy as np
 
 from poolcli.config import EngineConfig, TokenEmbedOptions
-from poolcli.engine.base import RowEngine
+from poolcli.engine.base import RowEncoder, RowEngine
+from poolcli.errors import UsageError
 from poolcli.faults import NO_FAULTS, Faults
 from poolcli.io.records import Encoded
 
@@ -42,6 +50,11 @@ class TokenEmbedEngine(RowEngine):
         warn: Callable[[str], None] = lambda message: None,
     ) -> None:
         self.options = options = options or TokenEmbedOptions()
+        if options.colbert_role is not None and plan.model.colbert is None:
+            raise UsageError(
+                f"--colbert-role applies to ColBERT checkpoints; {plan.model.name} "
+                f"({plan.model.architecture}) is not one"
+            )
         self.out_dtype = np.float16 if options.output_dtype == "float16" else np.float32
         super().__init__(plan, loader, config, keep_columns=keep_columns, faults=faults, warn=warn)
         self._body: HiddenStateModel | None = None
@@ -52,13 +65,27 @@ class TokenEmbedEngine(RowEngine):
         return self.plan.params.dimensions or self.plan.embedding_size
 
     def describe(self) -> dict[str, Any]:
-        return self.plan.describe() | {"skip_special_tokens": self.options.skip_special_tokens}
+        model = self.plan.model
+        head: dict[str, Any] = {}
+        if model.colbert is not None:
+            head = {"colbert": msgspec.to_builtins(model.colbert), "colbert_role": self.options.colbert_role}
+        elif model.bge_m3 is not None:
+            head = {"head": "BGE-M3 colbert_linear, first token dropped"}
+        return self.plan.describe() | {"skip_special_tokens": self.options.skip_special_tokens} | head
 
     def identity(self) -> dict[str, Any]:
         return super().identity() | {"output_dtype": self.options.output_dtype}
 
     def _encoder_options(self) -> dict[str, Any]:
         return {"special": self.options.skip_special_tokens}
+
+    def _make_encoder(self) -> RowEncoder:
+        spec, role = self.plan.model.colbert, self.options.colbert_role
+        if spec is not None and role is not None:
+            from poolcli.engine.tokenize import ColbertEncoder
+
+            return ColbertEncoder(self.plan, spec, role, special=self.options.skip_special_tokens)
+        return super()._make_encoder()
 
     def _builder(self) -> TokenEmbedTableBuilder:
         from poolcli.io.tables import TokenEmbedTableBuilder
@@ -72,7 +99,7 @@ class TokenEmbedEngine(RowEngine):
         params = self.plan.params
         self._pooler = pooler_for(
             "token_embed",
-            projector=self.loader.projector(),
+            projector=self.loader.token_projector(),
             dimensions=params.dimensions,
             normalize=params.normalize,
         )
@@ -87,13 +114,22 @@ class TokenEmbedEngine(RowEngine):
     def _finish(
         self, values: list[np.ndarray], encoded: Sequence[Encoded]
     ) -> tuple[list[np.ndarray], Sequence[Encoded]]:
-        if not self.options.skip_special_tokens:
+        skip_ids: frozenset[int] = getattr(self.encoder, "skip_ids", frozenset())  # a ColBERT document's skiplist
+        drop_first = self.plan.model.bge_m3 is not None
+        if not (self.options.skip_special_tokens or skip_ids or drop_first):
             return values, encoded
         kept_values: list[np.ndarray] = []
         kept_encoded: list[Encoded] = []
         for vectors, enc in zip(values, encoded, strict=True):
-            assert enc.special is not None
-            keep = np.flatnonzero(np.asarray(enc.special, dtype=bool) == 0)
-            kept_values.append(vectors[keep])
-            kept_encoded.append(Encoded([enc.ids[i] for i in keep], enc.truncated))
+            keep = np.ones(len(enc.ids), dtype=bool)
+            if drop_first:
+                keep[:1] = False
+            if skip_ids:
+                keep &= ~np.isin(np.asarray(enc.ids), list(skip_ids))
+            if self.options.skip_special_tokens:
+                assert enc.special is not None
+                keep &= np.asarray(enc.special, dtype=bool) == 0
+            index = np.flatnonzero(keep)
+            kept_values.append(vectors[index])
+            kept_encoded.append(Encoded([enc.ids[i] for i in index], enc.truncated))
         return kept_values, kept_encoded

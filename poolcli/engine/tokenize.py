@@ -12,6 +12,8 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
     from poolcli.engine.plan import Plan, ScorePlan
+    from poolcli.model.token_heads import ColbertSpec
+    from poolcli.vocab import ColbertRole
 
 
 class TextEncoder:
@@ -49,6 +51,10 @@ class TextEncoder:
             self._keep_prompt_left = (full, prompt_len)
         self.pad_id = _pad_id(hf)
         self.special_ids = {int(i) for i in hf.all_special_ids}
+        # The ids BGE-M3's lexical weights leave out (FlagEmbedding: cls, eos, pad and unk).
+        self.lexical_unused = frozenset(
+            int(i) for i in (hf.cls_token_id, hf.eos_token_id, hf.pad_token_id, hf.unk_token_id) if isinstance(i, int)
+        )
         self.prompt = plan.prompt
         self.lower = plan.lower_case
         self.prompt_tokens = self._prompt_length() if (plan.prompt and not plan.pooling.include_prompt) else 0
@@ -116,6 +122,78 @@ class TextEncoder:
                     [offsets[i] for i in keep] if offsets is not None else None,
                     special=[special[i] for i in keep] if mask is not None else None,
                 )
+            )
+        return out
+
+
+class ColbertEncoder:
+    """A ColBERT role's tokenization, as PyLate 1.6's `ColBERT.tokenize` does it (the numbers users compare against):
+
+    the text (stripped, with the prompt if any) tokenized with special tokens and cut to the role's length less
+    one; the marker token inserted after the first token ([CLS]); queries padded with [MASK] to the query length
+    (query expansion), the expansion tokens attended only when the checkpoint says so; documents keep their
+    length and later lose the vectors of their skiplist tokens (`skip_ids`)."""
+
+    def __init__(self, plan: Plan, spec: ColbertSpec, role: ColbertRole, *, special: bool = False) -> None:
+        from tokenizers import Tokenizer
+
+        hf, backend = _load_tokenizer(plan.model.path)
+        query = role == "query"
+        length = min(spec.query_length if query else spec.document_length, plan.max_tokens)
+        prefix = spec.query_prefix if query else spec.document_prefix
+        self.prefix_id: int | None = None
+        if prefix:
+            pid = hf.convert_tokens_to_ids(prefix)
+            if not isinstance(pid, int) or pid == hf.unk_token_id:
+                raise ConfigError(f"{plan.model.name}: the tokenizer has no ColBERT marker token {prefix!r}")
+            self.prefix_id = pid
+        room = length - (1 if self.prefix_id is not None else 0)
+        n_special = int(hf.num_special_tokens_to_add())
+        if room <= n_special:
+            raise UsageError(f"a ColBERT {role} length of {length} tokens leaves no room for text")
+        self._tok: Tokenizer = Tokenizer.from_str(backend.to_str())
+        self._tok.no_padding()
+        self._tok.enable_truncation(max_length=room, direction=plan.truncation_side)
+        self.length = length
+        self.expand = query and spec.do_query_expansion
+        self.attend_expansion = spec.attend_to_expansion_tokens
+        mask_id = hf.mask_token_id if hf.mask_token_id is not None else hf.eos_token_id
+        if self.expand and mask_id is None:
+            raise ConfigError(f"{plan.model.name}: query expansion needs a [MASK] (or end-of-sequence) token")
+        self.mask_id: int = int(mask_id) if mask_id is not None else 0
+        self.skip_ids: frozenset[int] = (
+            frozenset(int(hf.convert_tokens_to_ids(w)) for w in spec.skiplist_words) if not query else frozenset()
+        )
+        self.pad_id = _pad_id(hf)
+        self.prompt = plan.prompt
+        self.lower = plan.lower_case
+        self.special = special
+        self.prompt_tokens = 0
+
+    def prepare(self, text: str) -> str:
+        if self.prompt:
+            text = self.prompt + text
+        text = text.strip()  # PyLate's tokenizer (Sentence-Transformers' Transformer) strips every text
+        return text.lower() if self.lower else text
+
+    def encode(self, texts: Sequence[str]) -> list[Encoded]:
+        out: list[Encoded] = []
+        for e in self._tok.encode_batch([self.prepare(t) for t in texts], add_special_tokens=True):
+            ids = list(e.ids)
+            special = list(e.special_tokens_mask)
+            if self.prefix_id is not None:
+                ids.insert(1, self.prefix_id)
+                special.insert(1, 1)
+            attention: list[int] | None = None
+            if self.expand and len(ids) < self.length:
+                extra = self.length - len(ids)
+                attention = [1] * len(ids) + [1 if self.attend_expansion else 0] * extra
+                if self.attend_expansion:
+                    attention = None
+                ids += [self.mask_id] * extra
+                special += [1] * extra
+            out.append(
+                Encoded(ids, bool(e.overflowing), attention=attention, special=special if self.special else None)
             )
         return out
 

@@ -630,6 +630,8 @@ class PartWriter:
                     raise fail("ids differ from what was computed")
                 seen += len(ids)
                 column = batch.column(1)
+                if pa.types.is_map(column.type):  # lexical weights: the weights are the map's items
+                    column = column.items
                 while hasattr(column, "flatten") and pa.types.is_nested(column.type):  # lists of vectors
                     column = column.flatten()
                 if not np.isfinite(column.to_numpy(zero_copy_only=False)).all():

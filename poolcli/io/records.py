@@ -51,6 +51,8 @@ class Encoded(msgspec.Struct):
     tokens. Only when the encoder was asked for offsets."""
     type_ids: list[int] | None = None
     """Segment ids (0 for the query, 1 for the document) of a text pair, for models that have token types."""
+    attention: list[int] | None = None
+    """Per token, whether the model attends to it; None: every token (ColBERT query expansion tokens may be 0)."""
     special: list[int] | None = None
     """Per token, 1 for the special tokens the tokenizer added ([CLS], [SEP], <s>, ...), else 0. Only when the
     encoder was asked for it."""

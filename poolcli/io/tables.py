@@ -67,7 +67,7 @@ class EmbedTableBuilder:
     def table(
         self,
         ids: list[Any],
-        vectors: NDArray[np.float32],
+        vectors: Any,
         n_tokens: list[int],
         truncated: list[bool],
         keep: dict[str, list[Any]],
@@ -420,3 +420,89 @@ class RerankTableBuilder:
         if self.return_documents:
             fields.append(pa.field("document", pa.string()))
         return pa.schema(fields)
+
+
+# -- BGE-M3: lexical weights and the three outputs of one forward pass ------------------------------------------------
+
+
+LEXICAL = pa.map_(pa.int32(), pa.float32())
+
+
+def _lexical_map(rows: Sequence[NDArray[Any]]) -> pa.MapArray:
+    """Per row a [k, 2] array of (token id, weight) -> map<int32, float32>, in each row's order."""
+    counts = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    offsets = np.zeros(len(rows) + 1, dtype=np.int32)
+    np.cumsum(counts, out=offsets[1:])
+    flat = np.concatenate([np.asarray(r, dtype=np.float64).reshape(-1, 2) for r in rows]) if rows else np.zeros((0, 2))
+    return pa.MapArray.from_arrays(
+        pa.array(offsets, type=pa.int32()),
+        pa.array(flat[:, 0].astype(np.int32), type=pa.int32()),
+        pa.array(flat[:, 1].astype(np.float32), type=pa.float32()),
+    )
+
+
+class LexicalTableBuilder(EmbedTableBuilder):
+    """token-classify on BGE-M3: `lexical_weights` (map<int32, float32>, token id -> weight), `n_tokens`,
+    `truncated`. A map keeps FlagEmbedding's `{token_id: weight}` shape, one entry per distinct token id."""
+
+    value_column = "lexical_weights"
+
+    def __init__(self, keep_columns: tuple[str, ...]) -> None:
+        super().__init__(0, "float32", keep_columns)
+
+    def observe(self, block: Block) -> None:
+        if self.schema is None and block.ids:
+            n = len(block.ids)
+            self.table(block.ids, [np.zeros((0, 2))] * n, [0] * n, [False] * n, block.keep)
+
+    def value_fields(self) -> list[pa.Field]:
+        return [pa.field("lexical_weights", LEXICAL)]
+
+    def value_arrays(self, vectors: Any) -> list[tuple[str, pa.Array]]:
+        return [("lexical_weights", _lexical_map(list(vectors)))]
+
+
+class M3TableBuilder(EmbedTableBuilder):
+    """embed --outputs on BGE-M3: `embedding` (dense), `lexical_weights` (sparse) and `colbert_embeddings` (one
+    vector per token), as asked, from one forward pass; then `n_tokens`, `truncated`."""
+
+    def __init__(
+        self, dim: int, colbert_dim: int, dtype: OutputDType, outputs: tuple[str, ...], keep_columns: tuple[str, ...]
+    ) -> None:
+        super().__init__(dim, dtype, keep_columns)
+        self.colbert_dim = colbert_dim
+        self.outputs = outputs
+        self.value_column = "embedding" if "dense" in outputs else "colbert_embeddings" if "colbert" in outputs else ""
+        if not self.value_column:
+            self.value_column = "lexical_weights"
+
+    def observe(self, block: Block) -> None:
+        if self.schema is None and block.ids:
+            n = len(block.ids)
+            row = (np.zeros(self.dim, np.float32), np.zeros((0, 2)), np.zeros((0, self.colbert_dim), np.float32))
+            self.table(block.ids, [row] * n, [0] * n, [False] * n, block.keep)
+
+    def value_fields(self) -> list[pa.Field]:
+        fields = []
+        if "dense" in self.outputs:
+            fields.append(pa.field("embedding", pa.list_(_ARROW_FLOAT[self.dtype], self.dim)))
+        if "sparse" in self.outputs:
+            fields.append(pa.field("lexical_weights", LEXICAL))
+        if "colbert" in self.outputs:
+            fields.append(
+                pa.field("colbert_embeddings", pa.list_(pa.list_(_ARROW_FLOAT[self.dtype], self.colbert_dim)))
+            )
+        return fields
+
+    def value_arrays(self, vectors: Any) -> list[tuple[str, pa.Array]]:
+        rows = list(vectors)
+        out: list[tuple[str, pa.Array]] = []
+        if "dense" in self.outputs:
+            dense = np.stack([r[0] for r in rows]) if rows else np.zeros((0, self.dim), np.float32)
+            out.append(("embedding", vector_array(dense, self.dtype)))
+        if "sparse" in self.outputs:
+            out.append(("lexical_weights", _lexical_map([r[1] for r in rows])))
+        if "colbert" in self.outputs:
+            colbert = [r[2] for r in rows]
+            out.append(("colbert_embeddings", _ragged(colbert, _ARROW_FLOAT[self.dtype], self.colbert_dim)))
+        return out

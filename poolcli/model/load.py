@@ -398,9 +398,84 @@ class Loader:
         return made
 
     def projector(self) -> nn.Module | None:
+        """The Sentence-Transformers Dense stack (float32), applied to pooled vectors or to every token."""
+
         def make() -> nn.Module | None:
             projector = load_projector(Path(self.model.root), self.model.dense)
             return projector.to(self.device) if projector is not None else None
 
         made: nn.Module | None = self._get(("projector",), make)
         return made
+
+    def token_projector(self) -> nn.Module | None:
+        """What turns every token's hidden state into its vector: a ColBERT checkpoint's bias-free `linear`, BGE-M3's
+        `colbert_linear`, else the Sentence-Transformers Dense stack (PyLate's projection is one)."""
+        model = self.model
+        if model.colbert is not None and model.colbert.projection is not None:
+            name = model.colbert.projection
+
+            def stanford() -> nn.Module:
+                weight = read_tensor(Path(model.path), name)
+                return _linear(weight, None).to(self.device)
+
+            made: nn.Module = self._get(("token_projector",), stanford)
+            return made
+        if model.bge_m3 is not None:
+            path = model.bge_m3.colbert_path
+            expected = model.bge_m3.colbert_dim
+
+            def bge_m3() -> nn.Module:
+                weight, bias = _pt_linear(path, model.hidden_size, expected)
+                return _linear(weight, bias).to(self.device)
+
+            made = self._get(("token_projector",), bge_m3)
+            return made
+        return self.projector()
+
+    def sparse_head(self) -> nn.Module:
+        """BGE-M3's `sparse_linear` (Linear(H, 1) with bias), float32; the lexical head applies the ReLU."""
+        assert self.model.bge_m3 is not None
+        path = self.model.bge_m3.sparse_path
+
+        def make() -> nn.Module:
+            weight, bias = _pt_linear(path, self.model.hidden_size, 1)
+            return _linear(weight, bias).to(self.device)
+
+        made: nn.Module = self._get(("sparse_head",), make)
+        return made
+
+
+def _linear(weight: Tensor, bias: Tensor | None) -> nn.Module:
+    """A float32 projection with these weights (Identity activation, as ColBERT's and BGE-M3's are)."""
+    dense = Dense(int(weight.shape[1]), int(weight.shape[0]), bias=bias is not None, activation="identity")
+    state = {"linear.weight": weight.float()}
+    if bias is not None:
+        state["linear.bias"] = bias.float()
+    dense.load_state_dict(state)
+    return dense.float().eval().requires_grad_(False)
+
+
+def read_tensor(folder: Path, name: str) -> Tensor:
+    """One tensor of the checkpoint's safetensors files (e.g. a ColBERT projection), without loading the rest."""
+    from safetensors import safe_open
+
+    for f in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as fh:
+            if name in fh.keys():  # noqa: SIM118 - safe_open handles have keys(), not __contains__
+                tensor: Tensor = fh.get_tensor(name)
+                return tensor
+    raise ConfigError(f"{folder}: no {name} in the safetensors files")
+
+
+def _pt_linear(path: str, in_features: int, out_features: int) -> tuple[Tensor, Tensor | None]:
+    """A Linear layer saved with torch.save(state_dict) as FlagEmbedding saves BGE-M3's heads."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged or foreign file
+        raise ConfigError(f"{path}: cannot read it ({str(exc).splitlines()[0]})") from None
+    weight = state.get("weight") if isinstance(state, dict) else None
+    if not isinstance(weight, torch.Tensor) or tuple(weight.shape) != (out_features, in_features):
+        shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else None
+        raise ConfigError(f"{path}: expected a Linear({in_features}, {out_features}) state dict, got weight {shape}")
+    bias = state.get("bias")
+    return weight, bias if isinstance(bias, torch.Tensor) else None

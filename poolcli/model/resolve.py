@@ -16,6 +16,8 @@ from typing import Any, Literal
 import msgspec
 
 from poolcli.errors import ConfigError, NoInputError, UsageError
+from poolcli.model.checkpoint import safetensors_shapes
+from poolcli.model.token_heads import BgeM3Spec, ColbertSpec, bge_m3_spec, colbert_spec, is_colbert
 from poolcli.vocab import (
     ST_POOLING_MODES,
     Activation,
@@ -194,6 +196,10 @@ class ResolvedModel(msgspec.Struct, frozen=True, kw_only=True):
     """A reward model: raw rewards by default (no activation), as vLLM's reward models."""
     is_generative: bool = False
     """The architecture is a text-generation class (`*ForCausalLM`, ...) adapted with --convert."""
+    colbert: ColbertSpec | None = None
+    """A ColBERT checkpoint: its projection and how it encodes queries and documents."""
+    bge_m3: BgeM3Spec | None = None
+    """A BGE-M3 checkpoint (BgeM3EmbeddingModel): its colbert and sparse heads."""
 
     @property
     def raw_rewards(self) -> bool:
@@ -396,12 +402,22 @@ def resolve_model(
     prompts: dict[str, str] = {}
     default_prompt_name: str | None = None
     st_main = path / "config_sentence_transformers.json"
+    st_main_cfg: dict[str, Any] = {}
     if st_main.is_file():
         st_main_cfg = _read_json(st_main, what="Sentence-Transformers config")
         prompts = {str(k): str(v) for k, v in (st_main_cfg.get("prompts") or {}).items()}
         default_prompt_name = st_main_cfg.get("default_prompt_name") or None
 
     max_length, max_source = _model_max_length(body, config, model_type, st_max, max_model_len)
+
+    colbert: ColbertSpec | None = None
+    bge_m3: BgeM3Spec | None = None
+    if arch == "BgeM3EmbeddingModel":
+        bge_m3 = bge_m3_spec(path, body, config, hidden)
+        tasks = ("embed", "token_embed", "token_classify")
+    elif convert == "auto" and is_colbert(arch, st_main_cfg):
+        colbert = colbert_spec(path, body, config, st_main_cfg, dense[-1].out_features if dense else None)
+        tasks = ("token_embed",)
 
     is_reward = arch.endswith(_REWARD_SUFFIXES)
     classifier = (
@@ -439,6 +455,8 @@ def resolve_model(
         default_step_tag_id=_STEP_DEFAULTS.get(arch),
         is_reward=is_reward,
         is_generative=arch.endswith(_GENERATIVE_SUFFIXES),
+        colbert=colbert,
+        bge_m3=bge_m3,
     )
 
 
@@ -526,18 +544,6 @@ def _classifier_info(
 _REWARD_HEAD_PREFIXES = ("score.", "v_head.", "reward_head.")
 
 
-def _safetensors_shapes(folder: Path) -> dict[str, list[int]]:
-    """Tensor name -> shape from the safetensors headers (8-byte length + JSON), without reading any weights."""
-    files = sorted(folder.glob("*.safetensors"))
-    shapes: dict[str, list[int]] = {}
-    for f in files:
-        with open(f, "rb") as fh:
-            size = int.from_bytes(fh.read(8), "little")
-            header = json.loads(fh.read(size))
-        shapes.update({k: list(v["shape"]) for k, v in header.items() if k != "__metadata__"})
-    return shapes
-
-
 def _layer_index(item: tuple[str, list[int]], *, prefix: str) -> int:
     middle = item[0][len(prefix) : -len("weight")].strip(".")
     return int(middle) if middle.isdigit() else 0
@@ -546,7 +552,7 @@ def _layer_index(item: tuple[str, list[int]], *, prefix: str) -> int:
 def reward_head_layers(folder: Path) -> list[tuple[str, list[int]]]:
     """The Linear layers of a reward model's head in order, as (weight name, [out, in]): `score.0`, `score.2`
     (Qwen2 reward models' Linear-ReLU-Linear), `score`, or `v_head` (InternLM2)."""
-    shapes = _safetensors_shapes(folder)
+    shapes = safetensors_shapes(folder)
     for prefix in _REWARD_HEAD_PREFIXES:
         layers = [(k, v) for k, v in shapes.items() if k.startswith(prefix) and k.endswith("weight") and len(v) == 2]
         if layers:

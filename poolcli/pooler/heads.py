@@ -125,6 +125,8 @@ class ClassifierHead:
             return x
         if self.activation == "sigmoid":
             return torch.sigmoid(x)
+        if self.activation == "relu":
+            return torch.relu(x)
         return torch.softmax(x, dim=-1)
 
 
