@@ -88,6 +88,12 @@ def print_warning(message: str, *, quiet: bool, stream: IO[str] | None = None) -
     stream.write(f"poolcli: warning: {message}\n")
 
 
+def print_info(message: str, stream: IO[str] | None = None) -> None:
+    """Detail shown with --verbose."""
+    stream = stream or sys.stderr
+    stream.write(f"poolcli: info: {message}\n")
+
+
 def print_summary(summary: dict[str, Any], *, quiet: bool, stream: IO[str] | None = None) -> None:
     """One machine-readable JSON line, the last thing a run prints."""
     if quiet:

@@ -36,7 +36,16 @@ from poolcli.vocab import PoolingTask, Task
 
 _T = TypeVar("_T")
 
-POOLER_FLAGS = ("pooling_type", "normalize", "dimensions", "use_activation", "step_tag_id", "returned_token_ids")
+POOLER_FLAGS = (
+    "pooling_type",
+    "normalize",
+    "dimensions",
+    "use_activation",
+    "step_tag_id",
+    "returned_token_ids",
+    "enable_chunked_processing",
+    "max_embed_len",
+)
 """Pooler fields that are also flags (they win over --pooler-config and the preset)."""
 
 
@@ -57,6 +66,8 @@ class Request(msgspec.Struct, kw_only=True):
     use_activation: bool | None = None
     step_tag_id: int | None = None
     returned_token_ids: str | Sequence[int] | None = None
+    enable_chunked_processing: bool | None = None
+    max_embed_len: int | None = None
     prompt: str | None = None
     prompt_name: str | None = None
     truncate_prompt_tokens: int | None = None

@@ -26,7 +26,7 @@ OutputDType = Literal["float32", "float16"]
 
 TruncationSide = Literal["right", "left"]
 
-OnTooLong = Literal["truncate", "error"]
+OnTooLong = Literal["truncate", "error", "chunk"]
 
 Convert = Literal["auto", "embed", "classify"]
 

@@ -150,7 +150,24 @@ OnTooLongOpt = Annotated[
     OnTooLong,
     typer.Option(
         "--on-too-long",
-        help="Truncate too-long texts (flagged in the 'truncated' column) or make them TOO_LONG error rows.",
+        help="Truncate too-long texts (flagged in the 'truncated' column), make them TOO_LONG error rows, or (embed, "
+        "token-embed) embed them in chunks of the model maximum.",
+        rich_help_panel=_POOL,
+    ),
+]
+EnableChunkedProcessing = Annotated[
+    bool | None,
+    typer.Option(
+        "--enable-chunked-processing/--no-chunked-processing",
+        help="Embed texts longer than the model maximum in chunks (the same as --on-too-long chunk).",
+        rich_help_panel=_POOL,
+    ),
+]
+MaxEmbedLen = Annotated[
+    int | None,
+    typer.Option(
+        "--max-embed-len",
+        help="Texts longer than this many tokens are TOO_LONG error rows, chunked or not.",
         rich_help_panel=_POOL,
     ),
 ]

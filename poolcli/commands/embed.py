@@ -36,6 +36,8 @@ def embed(
     truncate_prompt_tokens: o.TruncatePromptTokens = None,
     truncation_side: o.TruncationSideOpt = "right",
     on_too_long: o.OnTooLongOpt = "truncate",
+    enable_chunked_processing: o.EnableChunkedProcessing = None,
+    max_embed_len: o.MaxEmbedLen = None,
     text_field: o.TextField = "text",
     id_field: o.IdField = None,
     keep_columns: o.KeepColumns = None,

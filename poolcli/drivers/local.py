@@ -39,6 +39,10 @@ class Summary(msgspec.Struct, kw_only=True):
     rows_out: int = 0
     errors: int = 0
     truncated: int = 0
+    chunked_rows: int = 0
+    """Rows longer than the model maximum, embedded in chunks."""
+    chunks: int = 0
+    """Chunks those rows were cut into."""
     tokens: int = 0
     padded_tokens: int = 0
     batches: int = 0
@@ -64,6 +68,8 @@ class Summary(msgspec.Struct, kw_only=True):
         self.errors += marker.rows_err
         self.tokens += marker.tokens
         self.truncated += marker.truncated
+        self.chunked_rows += marker.chunked_rows
+        self.chunks += marker.chunks
 
     def as_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = msgspec.to_builtins(self)
@@ -188,6 +194,8 @@ def _stream(
                 summary.rows_computed += result.table.num_rows
             summary.tokens += result.tokens
             summary.truncated += result.truncated
+            summary.chunked_rows += result.chunked_rows
+            summary.chunks += result.chunks
             progress.update(summary.rows_out, summary.tokens, feed.fraction(0))
             check_budget(cfg, summary)
         check_budget(cfg, summary, final=True)
@@ -271,6 +279,8 @@ def _parts(
             current.rows_in += item.n
             current.tokens += result.tokens
             current.truncated += result.truncated
+            current.chunked_rows += result.chunked_rows
+            current.chunks += result.chunks
             if current.rows_in == per_part:
                 # Complete: commit now rather than when the next item arrives, which may be an input error.
                 commit(current)

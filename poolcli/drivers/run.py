@@ -73,6 +73,10 @@ def run_file_request(
         faults=faults,
         warn=warn or (lambda message: print_warning(message, quiet=driver.quiet)),
     )
+    if driver.verbose and not driver.quiet:
+        from poolcli.console import print_info
+
+        engine.info = print_info
     feed: Feed
     if job is not None:
         from poolcli.engine.score import ScoreEngine

@@ -23,9 +23,11 @@ import numpy as np
 
 from poolcli.config import EngineConfig
 from poolcli.engine.batch import BatchStats, BatchTemplate, Collated, OnBatch, StopCheck, default_budget
+from poolcli.errors import InternalError
 from poolcli.faults import NO_FAULTS, Faults
 from poolcli.io.records import Block, Encoded, ErrorRow
 from poolcli.model.identity import weights_digest
+from poolcli.vocab import ErrorCode
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -48,12 +50,14 @@ class RowEncoder(Protocol):
 
 class BlockResult(NamedTuple):
     """What an engine made of one block: the good rows' table (None when there are none), the error rows, and the
-    tokens and truncated rows it counted."""
+    tokens, truncated rows, chunked rows and their chunks it counted."""
 
     table: pa.Table | None
     errors: list[ErrorRow]
     tokens: int
     truncated: int
+    chunked_rows: int = 0
+    chunks: int = 0
 
 
 class TaskEngine(ABC):
@@ -73,12 +77,15 @@ class TaskEngine(ABC):
         *,
         faults: Faults = NO_FAULTS,
         warn: Callable[[str], None] = lambda message: None,
+        info: Callable[[str], None] = lambda message: None,
     ) -> None:
         self.model = model
         self.loader = loader
         self.config = config
         self.faults = faults
         self.warn = warn
+        self.info = info
+        """Detail for --verbose (chunked rows)."""
         self.threads = 0
         self.load_seconds = 0.0
         self._template: BatchTemplate | None = None
@@ -172,6 +179,7 @@ class RowEngine(TaskEngine):
         self.keep_columns = keep_columns
         self._encoder: RowEncoder | None = None
         self.builder = self._builder()
+        self.builder.chunks = plan.chunk
 
     @abstractmethod
     def _builder(self) -> EmbedTableBuilder:
@@ -223,37 +231,14 @@ class RowEngine(TaskEngine):
         stop: StopCheck = lambda: None,
         on_batch: OnBatch = lambda rows, tokens: None,
     ) -> BlockResult:
-        """The block's good rows through the model; every row ends in the table or in the error rows."""
+        """The block's good rows through the model; every row ends in the table or in the error rows.
+
+        A chunked row's chunks join the other rows' inputs in the same length-bucketed batches; its chunk outputs
+        are combined afterwards (`_combine`), and a chunk that fails fails its row."""
         plan = self.plan
         bad = list(block.errors)
-        keep = list(range(len(block.texts)))
-        if plan.on_too_long == "error":
-            keep = []
-            for i, enc in enumerate(encoded):
-                if enc.truncated:
-                    bad.append(
-                        ErrorRow(
-                            id=block.ids[i],
-                            source=block.sources[i],
-                            line=block.lines[i],
-                            code="TOO_LONG",
-                            row=block.rows[i],
-                            message=f"text is longer than {plan.max_tokens} tokens (--on-too-long error)",
-                        )
-                    )
-                else:
-                    keep.append(i)
-        values, failed = self.template.run(
-            [encoded[i] for i in keep],
-            [block.rows[i] for i in keep],
-            self._forward,
-            per_token=self.per_token,
-            out_dtype=self.out_dtype,
-            stop=stop,
-            on_batch=on_batch,
-        )
-        for j, (code, message) in failed.items():
-            i = keep[j]
+
+        def error(i: int, code: ErrorCode, message: str) -> None:
             bad.append(
                 ErrorRow(
                     id=block.ids[i],
@@ -264,14 +249,64 @@ class RowEngine(TaskEngine):
                     message=message,
                 )
             )
-        ok = [j for j in range(len(keep)) if j not in failed]
-        rows = [keep[j] for j in ok]
-        good, good_encoded = self._finish(
-            [v for j, v in enumerate(values) if j not in failed and v is not None], [encoded[i] for i in rows]
+
+        keep: list[int] = []
+        for i, enc in enumerate(encoded):
+            if plan.max_embed_len is not None and enc.n_full is not None and enc.n_full > plan.max_embed_len:
+                counted = "at least " if len(block.texts[i]) > (1 << 20) else ""
+                message = f"text has {counted}{enc.n_full} tokens, more than max_embed_len {plan.max_embed_len}"
+                error(i, "TOO_LONG", message)
+            elif plan.on_too_long == "error" and enc.truncated:
+                error(i, "TOO_LONG", f"text is longer than {plan.max_tokens} tokens (--on-too-long error)")
+            else:
+                keep.append(i)
+        items: list[Encoded] = []
+        owner: list[int] = []
+        for j, i in enumerate(keep):
+            enc = encoded[i]
+            if enc.chunks:
+                self.info(
+                    f"row {block.rows[i]}: Input length {len(enc.ids)} exceeds the model maximum {plan.max_tokens}, "
+                    "will use chunked processing"
+                )
+                self.info(
+                    f"row {block.rows[i]}: Split input of {len(enc.ids)} tokens into {len(enc.chunks)} chunks "
+                    f"(max_chunk_size: {plan.max_tokens})"
+                )
+                items += [Encoded(c, False) for c in enc.chunks]
+                owner += [j] * len(enc.chunks)
+            else:
+                items.append(enc)
+                owner.append(j)
+        values, failed = self.template.run(
+            items,
+            [block.rows[keep[j]] for j in owner],
+            self._forward,
+            per_token=self.per_token,
+            out_dtype=self.out_dtype,
+            stop=stop,
+            on_batch=on_batch,
         )
+        per_row: list[list[Any]] = [[] for _ in keep]
+        row_failed: dict[int, tuple[ErrorCode, str]] = {}
+        for x, j in enumerate(owner):
+            if x in failed:
+                row_failed.setdefault(j, failed[x])
+            else:
+                per_row[j].append(values[x])
+        for j, (code, message) in row_failed.items():
+            error(keep[j], code, message)
+        rows = [i for j, i in enumerate(keep) if j not in row_failed]
+        outputs = [
+            self._combine(per_row[j], encoded[i]) if encoded[i].chunks else per_row[j][0]
+            for j, i in enumerate(keep)
+            if j not in row_failed
+        ]
+        good, good_encoded = self._finish(outputs, [encoded[i] for i in rows])
         bad.sort(key=lambda e: e.row if e.row is not None else -1)
-        n_tokens = [len(encoded[i].ids) for i in rows]
+        n_tokens = [self._seen(encoded[i]) for i in rows]
         truncated = [encoded[i].truncated for i in rows]
+        n_chunks = [len(encoded[i].chunks or ()) or 1 for i in rows]
         table = (
             self.builder.table(
                 [block.ids[i] for i in rows],
@@ -281,11 +316,22 @@ class RowEngine(TaskEngine):
                 {c: [block.keep[c][i] for i in rows] for c in self.keep_columns},
                 encoded=good_encoded,
                 texts=[block.texts[i] for i in rows],
+                n_chunks=n_chunks if plan.chunk else None,
             )
             if rows
             else None
         )
-        return BlockResult(table, bad, sum(n_tokens), sum(truncated))
+        chunked = [c for c in n_chunks if c > 1]
+        return BlockResult(table, bad, sum(n_tokens), sum(truncated), len(chunked), sum(chunked))
+
+    @staticmethod
+    def _seen(enc: Encoded) -> int:
+        """Tokens the model saw for a row (a chunked row's chunks, their special tokens and prompts included)."""
+        return sum(len(c) for c in enc.chunks) if enc.chunks else len(enc.ids)
+
+    def _combine(self, outputs: list[Any], enc: Encoded) -> Any:
+        """A chunked row's chunk outputs -> the row's output (tasks that chunk override this)."""
+        raise InternalError(f"{self.task} does not combine chunks")
 
     def _stack(self, values: list[np.ndarray]) -> Any:
         """Fixed-width outputs become one [n, d] array; per-token (and several-head) outputs stay one per row."""

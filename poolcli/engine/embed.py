@@ -51,8 +51,16 @@ class EmbedEngine(RowEngine):
                 f"--outputs {','.join(options.outputs)}: sparse and colbert outputs need a BGE-M3 model "
                 "(BgeM3EmbeddingModel); this one gives the dense vector only"
             )
+        if self.multi and plan.chunk:
+            raise UsageError("--outputs sparse/colbert do not combine with chunked processing; embed one at a time")
         if self.multi:
             self.per_token = (False, True, True)
+        if plan.chunk and plan.pooling.label in ("CLS", "LAST"):
+            warn(
+                f"chunked processing with {plan.pooling.label} pooling: each chunk is pooled at its "
+                f"{'first ([CLS])' if plan.pooling.label == 'CLS' else 'last'} token and a long text's vector is the "
+                "token-weighted mean of those; MEAN pooling averages every token of the text"
+            )
         super().__init__(plan, loader, config, keep_columns=keep_columns, faults=faults, warn=warn)
         self._body: HiddenStateModel | None = None
         self._pooler: Pooler | None = None
@@ -111,15 +119,40 @@ class EmbedEngine(RowEngine):
         body = self.loader.hidden_state_model(float32=True) if float32 else self._body
         hidden = body.hidden_states(batch.ids, batch.mask)
         mask = batch.mask.to(body.device)
+        if self.plan.chunk:
+            from poolcli.pooler.dispatch import EmbedPooler
+
+            # The head runs after a chunked row's chunks are combined (`_finish`), so every row stops here.
+            assert isinstance(self._pooler, EmbedPooler)
+            return self._pooler.pool(hidden, mask).float()
         dense = self._pooler(hidden, mask).float()
         if self._heads is None:
             return dense
         sparse_linear, colbert = self._heads
         return dense, self._sparse_pooler(sparse_linear(hidden.float()), mask), colbert(hidden, mask)
 
+    def _combine(self, outputs: list[Any], enc: Encoded) -> Any:
+        """A chunked row: the mean of its chunks' pooled vectors weighted by each chunk's token count (its special
+        tokens included), so MEAN pooling of the row is the mean over all its chunk token states."""
+        assert enc.chunks is not None
+        weights = np.array([len(c) for c in enc.chunks], dtype=np.float64)
+        return (np.stack(outputs).astype(np.float64) * weights[:, None]).sum(0) / weights.sum()
+
     def _finish(
         self, values: list[np.ndarray], encoded: Sequence[Encoded]
     ) -> tuple[list[np.ndarray], Sequence[Encoded]]:
+        if self.plan.chunk:
+            import torch
+
+            from poolcli.pooler.dispatch import EmbedPooler
+
+            assert isinstance(self._pooler, EmbedPooler)
+            if not values:
+                return values, encoded
+            pooled = torch.from_numpy(np.stack(values).astype(np.float32)).to(self.loader.device)
+            with torch.inference_mode():
+                out = self._pooler.head(pooled).float().cpu().numpy()
+            return list(out), encoded
         if not self.multi:
             return values, encoded
         from poolcli.pooler.lexical import lexical_weights

@@ -23,7 +23,7 @@ _MODE_TO_SEQ = {v: k for k, v in _SEQ_TO_MODE.items()}
 _COMMON_FIELDS = {"task", "pooling_type", "seq_pooling_type", "tok_pooling_type", "use_activation"}
 _TASK_FIELDS: dict[PoolingTask, set[str]] = {
     "embed": _COMMON_FIELDS | {"normalize", "dimensions", "enable_chunked_processing", "max_embed_len"},
-    "token_embed": _COMMON_FIELDS | {"normalize", "dimensions"},
+    "token_embed": _COMMON_FIELDS | {"normalize", "dimensions", "enable_chunked_processing", "max_embed_len"},
     "classify": _COMMON_FIELDS | {"softmax", "activation", "logit_mean", "logit_sigma", "logit_bias", "logit_scale"},
     "token_classify": _COMMON_FIELDS
     | {
@@ -74,6 +74,10 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     truncation_side: TruncationSide
     on_too_long: OnTooLong
     lower_case: bool
+    chunk: bool = False
+    """Texts over `max_tokens` are embedded in chunks (--on-too-long chunk, enable_chunked_processing)."""
+    max_embed_len: int | None = None
+    """Texts over this many tokens are TOO_LONG error rows, chunked or not."""
 
     def describe(self) -> dict[str, Any]:
         """The resolved settings, as recorded in output metadata and shown by `inspect`."""
@@ -86,7 +90,8 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
             "prompt": self.prompt,
             "max_tokens": self.max_tokens,
             "truncation_side": self.truncation_side,
-            "on_too_long": self.on_too_long,
+            "on_too_long": "chunk" if self.chunk else self.on_too_long,
+            "max_embed_len": self.max_embed_len,
             "lower_case": self.lower_case,
             "pooler_config": self.pooler.to_dict(),
         }
@@ -159,10 +164,11 @@ def build_plan(opts: PlanOptions, model: ResolvedModel, task: PoolingTask) -> Pl
     # A Sentence-Transformers Normalize module normalizes the pooled vector; per-token vectors are normalized by
     # default whatever it says (vLLM's token_embed), --no-normalize turns it off.
     merged = upper if task == "token_embed" else upper.over(_st_layer(model))
-    if merged.enable_chunked_processing or merged.max_embed_len is not None:
+    chunk = bool(merged.enable_chunked_processing) or opts.on_too_long == "chunk"
+    if chunk and task not in ("embed", "token_embed"):
         raise UsageError(
-            "chunked processing of long inputs (enable_chunked_processing, max_embed_len) is not implemented yet",
-            hint="long inputs are truncated (or --on-too-long error)",
+            f"chunked processing of long inputs applies to embed and token-embed, not {task!r}",
+            hint="--on-too-long truncate or error",
         )
     if merged.tok_pooling_type is not None and task in ("embed", "classify"):
         raise UsageError(f"pooling type {merged.tok_pooling_type} is for token tasks; {task!r} takes CLS, LAST or MEAN")
@@ -208,6 +214,8 @@ def build_plan(opts: PlanOptions, model: ResolvedModel, task: PoolingTask) -> Pl
         truncation_side=opts.truncation_side,
         on_too_long=opts.on_too_long,
         lower_case=model.do_lower_case,
+        chunk=chunk,
+        max_embed_len=merged.max_embed_len,
     )
 
 
@@ -292,6 +300,8 @@ class ScorePlan(msgspec.Struct, frozen=True, kw_only=True):
     maxsim_normalize: bool = False
     max_tokens_per_query: int = 0
     max_tokens_per_doc: int = 0
+    on_too_long: OnTooLong = "truncate"
+    """error: a pair (cross-encoder) or text (bi-encoder, late interaction) over the limit is a TOO_LONG error row."""
     embed: Plan | None = None
     """The embedding plan of a bi-encoder or late-interaction scorer (pooling, normalize, projector, prompt)."""
 
@@ -301,6 +311,8 @@ class ScorePlan(msgspec.Struct, frozen=True, kw_only=True):
             "score_type_source": self.score_type_source,
             "max_tokens": self.max_tokens,
         }
+        if self.on_too_long != "truncate":
+            d["on_too_long"] = self.on_too_long
         if self.score_type == "cross-encoder":
             d |= {
                 "activation": self.activation if self.use_activation else "none",
@@ -328,6 +340,11 @@ def _detect_score_type(model: ResolvedModel) -> ScoreType:
 
 
 def build_score_plan(plan_options: PlanOptions, opts: ScoreOptions, model: ResolvedModel) -> ScorePlan:
+    if plan_options.on_too_long == "chunk":
+        raise UsageError(
+            "chunked processing applies to embed and token-embed; a pair over the limit is truncated or, with "
+            "--on-too-long error, an error row"
+        )
     if opts.score_type == "auto":
         score_type = _detect_score_type(model)
         source = f"detected from the model ({model.architecture})"
@@ -382,6 +399,7 @@ def build_score_plan(plan_options: PlanOptions, opts: ScoreOptions, model: Resol
             use_sep_token=info.use_sep_token and template is None,
             max_tokens_per_query=opts.max_tokens_per_query,
             max_tokens_per_doc=opts.max_tokens_per_doc,
+            on_too_long=plan_options.on_too_long,
         )
     if opts.max_tokens_per_query or opts.max_tokens_per_doc:
         raise UsageError("--max-tokens-per-query/--max-tokens-per-doc apply to cross-encoders only")
@@ -408,4 +426,5 @@ def build_score_plan(plan_options: PlanOptions, opts: ScoreOptions, model: Resol
         use_activation=False,
         embed=embed,
         maxsim_normalize=opts.maxsim_normalize,
+        on_too_long=plan_options.on_too_long,
     )

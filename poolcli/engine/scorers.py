@@ -85,18 +85,24 @@ class CrossEncoderScorer:
         truncated = [False] * n
         failed: Failed = {}
         step = self.engine.config.window_rows
+        refuse = self.engine.plan.on_too_long == "error"
         for w in range(0, n, step):
             enc = self.encoder.encode(pairs[w : w + step])
-            values, window_failed = self.engine.template.run(
-                enc, list(range(w, w + len(enc))), self._forward, stop=stop, on_batch=on_batch
+            run = [j for j, e in enumerate(enc) if not (refuse and e.truncated)]
+            values, run_failed = self.engine.template.run(
+                [enc[j] for j in run], [w + j for j in run], self._forward, stop=stop, on_batch=on_batch
             )
+            results = dict(zip(run, values, strict=True))
+            window_failed = {run[k]: f for k, f in run_failed.items()}
             for j, e in enumerate(enc):
                 n_tokens[w + j] = len(e.ids)
                 truncated[w + j] = e.truncated
-                if j in window_failed:
+                if refuse and e.truncated:
+                    failed[w + j] = ("TOO_LONG", f"the pair is longer than {self.encoder.max_tokens} tokens")
+                elif j in window_failed:
                     failed[w + j] = window_failed[j]
                 else:
-                    value = values[j]
+                    value = results[j]
                     assert value is not None
                     scores[w + j] = float(value)
         return scores, failed, n_tokens, truncated
@@ -132,8 +138,15 @@ class _TextCache:
 
 
 def _combine(
-    pairs: list[tuple[str, str]], queries: _TextCache, docs: _TextCache, sim: Callable[[Any, Any], float]
+    pairs: list[tuple[str, str]],
+    queries: _TextCache,
+    docs: _TextCache,
+    sim: Callable[[Any, Any], float],
+    *,
+    refuse_truncated: int | None = None,
 ) -> Scores:
+    """Scores of the pairs from the cached representations; with `refuse_truncated` (the token limit), a pair
+    with a side over it is a TOO_LONG failure."""
     scores = np.zeros(len(pairs), dtype=np.float32)
     failed: Failed = {}
     n_tokens: list[int] = []
@@ -143,6 +156,9 @@ def _combine(
         n_tokens.append(tq[0] + td[0])
         truncated.append(tq[1] or td[1])
         bad = queries.failed.get(q) or docs.failed.get(d)
+        if bad is None and refuse_truncated is not None and (tq[1] or td[1]):
+            side = "query" if tq[1] else "document"
+            bad = ("TOO_LONG", f"the {side} is longer than {refuse_truncated} tokens")
         if bad is not None:
             failed[i] = bad
             continue
@@ -200,7 +216,8 @@ class _TextScorer:
         else:
             self.queries.fill([q for q, _ in pairs], window, self.query_encoder.encode, computer(False))
             self.docs.fill([d for _, d in pairs], window, self.doc_encoder.encode, computer(True))
-        return _combine(pairs, self.queries, self.docs, self._sim)
+        limit = self.plan.max_tokens if self.engine.plan.on_too_long == "error" else None
+        return _combine(pairs, self.queries, self.docs, self._sim, refuse_truncated=limit)
 
 
 class BiEncoderScorer(_TextScorer):

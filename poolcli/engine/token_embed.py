@@ -50,6 +50,8 @@ class TokenEmbedEngine(RowEngine):
         warn: Callable[[str], None] = lambda message: None,
     ) -> None:
         self.options = options = options or TokenEmbedOptions()
+        if options.colbert_role is not None and plan.chunk:
+            raise UsageError("--colbert-role encodes to the role's own length; it does not combine with chunking")
         if options.colbert_role is not None and plan.model.colbert is None:
             raise UsageError(
                 f"--colbert-role applies to ColBERT checkpoints; {plan.model.name} "
@@ -110,6 +112,16 @@ class TokenEmbedEngine(RowEngine):
         body = self.loader.hidden_state_model(float32=True) if float32 else self._body
         hidden = body.hidden_states(batch.ids, batch.mask)
         return self._pooler(hidden, batch.mask.to(body.device))
+
+    def _combine(self, outputs: list[Any], enc: Encoded) -> Any:
+        """A chunked row: its chunks' vectors concatenated, each token once (the special tokens and the prompt that
+        every chunk repeats are kept from the first chunk, the closing special tokens from the last)."""
+        lead, trail = getattr(self.encoder, "chunk_frame", (0, 0))
+        last = len(outputs) - 1
+        pieces = [v[(0 if k == 0 else lead) : (len(v) if k == last else len(v) - trail)] for k, v in enumerate(outputs)]
+        combined = np.concatenate(pieces)
+        assert len(combined) == len(enc.ids)
+        return combined
 
     def _finish(
         self, values: list[np.ndarray], encoded: Sequence[Encoded]

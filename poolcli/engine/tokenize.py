@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from poolcli.errors import ConfigError, UsageError
@@ -16,11 +16,35 @@ if TYPE_CHECKING:
     from poolcli.vocab import ColbertRole
 
 
+_CHARS_PER_TOKEN = 16
+"""First guess of the characters a token spans, to cut a huge text before tokenizing it; doubled while too small."""
+_SLICE_CHARS = 1 << 20
+"""Texts longer than this are tokenized in slices of about this many characters, cut before a space (whitespace
+pre-tokenizers split there anyway), so a text of tens of MB never becomes one giant encoding."""
+
+
+def _slices(text: str) -> Iterator[str]:
+    start = 0
+    while start < len(text):
+        end = min(len(text), start + _SLICE_CHARS)
+        if end < len(text):
+            cut = text.rfind(" ", start + _SLICE_CHARS // 2, end)
+            if cut > start:
+                end = cut
+        yield text[start:end]
+        start = end
+
+
 class TextEncoder:
     """Turns texts into token ids exactly as the model's fast tokenizer does with `add_special_tokens=True`.
 
     Works on the Rust tokenizer directly: batched, GIL-free, and it reports truncation through the overflow list,
-    so finding too-long rows costs no second pass.
+    so finding too-long rows costs no second pass. A huge text is cut before tokenizing to a few times what can be
+    used (the model maximum, or max_embed_len), so one 50 MB row costs what its usable part costs; the cut is
+    widened until it provably does not change the tokens that are used.
+
+    With chunked processing, a text over the model maximum becomes chunks of the model maximum: each chunk is the
+    model's special tokens around the prompt (repeated in every chunk) and the next slice of the text's tokens.
     """
 
     def __init__(self, plan: Plan, *, offsets: bool = False, special: bool = False) -> None:
@@ -32,7 +56,11 @@ class TextEncoder:
         self._tok: Tokenizer = Tokenizer.from_str(backend.to_str())
         self._tok.no_padding()
         self._tok.enable_truncation(max_length=plan.max_tokens, direction=plan.truncation_side)
+        self._full: Tokenizer = Tokenizer.from_str(backend.to_str())
+        self._full.no_padding()
+        self._full.no_truncation()
         self.max_tokens = plan.max_tokens
+        self.left = plan.truncation_side == "left"
         n_special = int(hf.num_special_tokens_to_add())
         if plan.max_tokens <= n_special:
             raise UsageError(
@@ -40,15 +68,12 @@ class TextEncoder:
                 "tokens to every input"
             )
         # Left truncation would cut the prompt first; keep it and cut the text after it instead.
-        self._keep_prompt_left: tuple[Tokenizer, int] | None = None
-        if plan.truncation_side == "left" and plan.prompt:
-            full = Tokenizer.from_str(backend.to_str())
-            full.no_padding()
-            full.no_truncation()
-            prompt_len = len(full.encode(plan.prompt, add_special_tokens=False).ids)
+        self._keep_prompt_left: int | None = None
+        if self.left and plan.prompt:
+            prompt_len = len(self._full.encode(plan.prompt, add_special_tokens=False).ids)
             if plan.max_tokens - n_special - prompt_len < 1:
                 raise UsageError(f"the prompt alone ({prompt_len} tokens) fills the {plan.max_tokens}-token limit")
-            self._keep_prompt_left = (full, prompt_len)
+            self._keep_prompt_left = prompt_len
         self.pad_id = _pad_id(hf)
         self.special_ids = {int(i) for i in hf.all_special_ids}
         # The ids BGE-M3's lexical weights leave out (FlagEmbedding: cls, eos, pad and unk).
@@ -60,6 +85,30 @@ class TextEncoder:
         self.prompt_tokens = self._prompt_length() if (plan.prompt and not plan.pooling.include_prompt) else 0
         self.offsets = offsets
         self.special = special
+        self.chunk = plan.chunk
+        self.max_embed_len = plan.max_embed_len
+        if self.chunk:
+            self._prefix, self._suffix = self._special_frame()
+            prompt = self.prompt.lower() if (self.prompt and self.lower) else self.prompt
+            self._prompt_ids = self._full.encode(prompt, add_special_tokens=False).ids if prompt else []
+            self.room = plan.max_tokens - len(self._prefix) - len(self._suffix) - len(self._prompt_ids)
+            if self.room < 1:
+                raise UsageError(f"with the prompt and special tokens, a {plan.max_tokens}-token chunk has no room")
+
+    @property
+    def chunk_frame(self) -> tuple[int, int]:
+        """Tokens every chunk repeats before its slice of the text (specials and prompt) and after it."""
+        return len(self._prefix) + len(self._prompt_ids), len(self._suffix)
+
+    def _special_frame(self) -> tuple[list[int], list[int]]:
+        """The special tokens the tokenizer puts before and after a text ([CLS] / [SEP], <s> / </s>, ...)."""
+        for probe in ("a", "hello", "x y"):
+            inner = self._full.encode(probe, add_special_tokens=False).ids
+            outer = self._full.encode(probe, add_special_tokens=True).ids
+            for start in range(len(outer) - len(inner) + 1):
+                if inner and outer[start : start + len(inner)] == inner:
+                    return outer[:start], outer[start + len(inner) :]
+        raise ConfigError("cannot tell which special tokens the tokenizer adds around a text (needed for chunking)")
 
     def _prompt_length(self) -> int:
         """Tokens of the prompt, less a trailing special token (how Sentence-Transformers counts it)."""
@@ -75,19 +124,87 @@ class TextEncoder:
             text = self.prompt + text
         return text.lower() if self.lower else text
 
-    def encode(self, texts: Sequence[str]) -> list[Encoded]:
-        if self._keep_prompt_left is not None:
-            return self._encode_left_keeping_prompt(texts, *self._keep_prompt_left)
-        batch = self._tok.encode_batch([self.prepare(t) for t in texts], add_special_tokens=True)
-        return [
-            Encoded(
-                e.ids,
-                bool(e.overflowing),
-                self._text_offsets(e.offsets, e.special_tokens_mask) if self.offsets else None,
-                special=list(e.special_tokens_mask) if self.special else None,
-            )
-            for e in batch
+    def _cut(self, raw: str, tokens: int) -> str:
+        """The part of a row's text that can hold `tokens` tokens at the first guess: its start (its end when
+        truncating on the left). The prompt is never cut."""
+        budget = max(tokens, 1) * _CHARS_PER_TOKEN
+        if len(raw) <= budget:
+            return raw
+        return raw[-budget:] if self.left else raw[:budget]
+
+    def _widened(self, raw: str) -> tuple[Any, int]:
+        """A text cut at the first guess that did not overflow: widen the cut until it overflows or the whole text
+        is read, so the tokens kept are those of the whole text. Returns the encoding and the characters cut off
+        the start."""
+        tokens = self.max_tokens * 2
+        while True:
+            part = self._cut(raw, tokens)
+            e = self._tok.encode(self.prepare(part), add_special_tokens=True)
+            if len(part) == len(raw) or e.overflowing:
+                return e, (len(raw) - len(part) if self.left else 0)
+            tokens *= 2
+
+    def _count(self, raw: str, limit: int) -> int:
+        """The text's token count (specials included), or a count past `limit` once it is clear there are more
+        (a huge text is counted slice by slice and the count stops there)."""
+        prepared = self.prepare(raw)
+        if len(prepared) > _SLICE_CHARS:
+            n = len(self._prefix_suffix())
+            for piece in _slices(prepared):
+                n += len(self._full.encode(piece, add_special_tokens=False).ids)
+                if n > limit:
+                    return n
+            return n
+        return len(self._full.encode(prepared, add_special_tokens=True).ids)
+
+    def _prefix_suffix(self) -> list[int]:
+        prefix, suffix = self._special_frame()
+        return [*prefix, *suffix]
+
+    def _chunks(self, raw: str) -> tuple[list[int], list[list[int]]]:
+        """The whole text's ids (as one input would be, prompt included) and its chunks."""
+        text = raw.lower() if self.lower else raw
+        body: list[int] = []
+        for piece in _slices(text):
+            body += self._full.encode(piece, add_special_tokens=False).ids
+        frame = self._prompt_ids
+        ids = [*self._prefix, *frame, *body, *self._suffix]
+        chunks = [
+            [*self._prefix, *frame, *body[i : i + self.room], *self._suffix] for i in range(0, len(body), self.room)
         ]
+        return ids, chunks
+
+    def encode(self, texts: Sequence[str]) -> list[Encoded]:
+        parts = [self._cut(raw, self.max_tokens) for raw in texts]
+        batch = self._tok.encode_batch([self.prepare(p) for p in parts], add_special_tokens=True)
+        out: list[Encoded] = []
+        for raw, part, e in zip(texts, parts, batch, strict=True):
+            shift = len(raw) - len(part) if self.left else 0
+            if len(part) < len(raw) and not e.overflowing:
+                e, shift = self._widened(raw)
+            overflow = bool(e.overflowing)
+            if self._keep_prompt_left is not None and overflow:
+                out.append(self._left_keeping_prompt(raw))
+            else:
+                offsets = None
+                if self.offsets:
+                    offsets = self._text_offsets(e.offsets, e.special_tokens_mask)
+                    if shift:
+                        offsets = [(s + shift, t + shift) if t else (s, t) for s, t in offsets]
+                special = list(e.special_tokens_mask) if self.special else None
+                out.append(Encoded(e.ids, overflow, offsets, special=special))
+            if not overflow or (self.max_embed_len is None and not self.chunk):
+                continue
+            if self.max_embed_len is not None:
+                out[-1].n_full = self._count(raw, self.max_embed_len)
+                if out[-1].n_full > self.max_embed_len:
+                    continue  # a TOO_LONG row: never chunked
+            if self.chunk:
+                ids, chunks = self._chunks(raw)
+                special = [1] * len(self._prefix) + [0] * (len(ids) - len(self._prefix) - len(self._suffix))
+                special += [1] * len(self._suffix)
+                out[-1] = Encoded(ids, False, chunks=chunks, n_full=len(ids), special=special if self.special else None)
+        return out
 
     def _text_offsets(self, offsets: Sequence[tuple[int, int]], special: Sequence[int]) -> list[tuple[int, int]]:
         """Offsets in the prepared text (prompt + text) -> offsets in the row's own text."""
@@ -100,30 +217,35 @@ class TextEncoder:
                 out.append((max(start - shift, 0), end - shift))
         return out
 
-    def _encode_left_keeping_prompt(self, texts: Sequence[str], full: Tokenizer, prompt_len: int) -> list[Encoded]:
-        out: list[Encoded] = []
-        for e in full.encode_batch([self.prepare(t) for t in texts], add_special_tokens=True):
-            ids, special = e.ids, e.special_tokens_mask
-            offsets = self._text_offsets(e.offsets, special) if self.offsets else None
-            mask = list(special) if self.special else None
-            if len(ids) <= self.max_tokens:
-                out.append(Encoded(ids, False, offsets, special=mask))
-                continue
-            lead = next((i for i, m in enumerate(special) if not m), len(ids))
-            trail = next((i for i, m in enumerate(reversed(special)) if not m), 0)
-            n = len(ids)
-            room = self.max_tokens - lead - trail - prompt_len
-            # Positions kept: leading specials, the prompt, the last `room` text tokens, trailing specials.
-            keep = [*range(lead + prompt_len), *range(n - trail - room, n)]
-            out.append(
-                Encoded(
-                    [ids[i] for i in keep],
-                    True,
-                    [offsets[i] for i in keep] if offsets is not None else None,
-                    special=[special[i] for i in keep] if mask is not None else None,
-                )
-            )
-        return out
+    def _left_keeping_prompt(self, raw: str) -> Encoded:
+        """Left truncation with a prompt: leading specials, the prompt, the last text tokens, trailing specials."""
+        assert self._keep_prompt_left is not None
+        prompt_len = self._keep_prompt_left
+        tokens = self.max_tokens * 2
+        while True:
+            part = self._cut(raw, tokens)
+            e = self._full.encode(self.prepare(part), add_special_tokens=True)
+            if len(part) == len(raw) or len(e.ids) > self.max_tokens + prompt_len + 2:
+                break
+            tokens *= 2
+        shift = len(raw) - len(part)
+        ids, special = e.ids, e.special_tokens_mask
+        offsets = self._text_offsets(e.offsets, special) if self.offsets else None
+        if offsets is not None and shift:
+            offsets = [(s + shift, t + shift) if t else (s, t) for s, t in offsets]
+        mask = list(special) if self.special else None
+        lead = next((i for i, m in enumerate(special) if not m), len(ids))
+        trail = next((i for i, m in enumerate(reversed(special)) if not m), 0)
+        n = len(ids)
+        room = self.max_tokens - lead - trail - prompt_len
+        # Positions kept: leading specials, the prompt, the last `room` text tokens, trailing specials.
+        keep = [*range(lead + prompt_len), *range(n - trail - room, n)]
+        return Encoded(
+            [ids[i] for i in keep],
+            True,
+            [offsets[i] for i in keep] if offsets is not None else None,
+            special=[special[i] for i in keep] if mask is not None else None,
+        )
 
 
 class ColbertEncoder:

@@ -98,6 +98,8 @@ class PartMarker(msgspec.Struct, kw_only=True):
     rows_err: int
     tokens: int = 0
     truncated: int = 0
+    chunked_rows: int = 0
+    chunks: int = 0
     sha256_part: str | None = None
     sha256_errors: str | None = None
     error_codes: dict[str, int] = msgspec.field(default_factory=dict)
@@ -503,6 +505,8 @@ class PartWriter:
         self.rows_in = 0
         self.tokens = 0
         self.truncated = 0
+        self.chunked_rows = 0
+        self.chunks = 0
         self.batch_budget: int | None = None
 
     def write(self, table: pa.Table) -> None:
@@ -576,6 +580,8 @@ class PartWriter:
                 rows_err=len(self.errors),
                 tokens=self.tokens,
                 truncated=self.truncated,
+                chunked_rows=self.chunked_rows,
+                chunks=self.chunks,
                 sha256_part=sha_part,
                 sha256_errors=sha_err,
                 error_codes=codes,

@@ -53,6 +53,11 @@ class Encoded(msgspec.Struct):
     """Segment ids (0 for the query, 1 for the document) of a text pair, for models that have token types."""
     attention: list[int] | None = None
     """Per token, whether the model attends to it; None: every token (ColBERT query expansion tokens may be 0)."""
+    chunks: list[list[int]] | None = None
+    """A text longer than the model maximum, cut into chunks (each wrapped in the model's special tokens, with the
+    prompt) for chunked processing; `ids` is then the whole text's token sequence as one input would be."""
+    n_full: int | None = None
+    """The whole text's token count, when it was counted past the model maximum (max_embed_len checks)."""
     special: list[int] | None = None
     """Per token, 1 for the special tokens the tokenizer added ([CLS], [SEP], <s>, ...), else 0. Only when the
     encoder was asked for it."""

@@ -40,6 +40,8 @@ class EmbedTableBuilder:
         self.dtype = dtype
         self.keep_columns = keep_columns
         self.schema: pa.Schema | None = None
+        self.chunks = False
+        """Chunked processing is on: an `n_chunks` column follows `truncated`."""
 
     def observe(self, block: Block) -> None:
         """Fix the schema from a block that is not computed (a resumed run skipping committed parts), so every
@@ -61,6 +63,8 @@ class EmbedTableBuilder:
             pa.field("n_tokens", pa.int32()),
             pa.field("truncated", pa.bool_()),
         ]
+        if self.chunks:
+            fields.append(pa.field("n_chunks", pa.int32()))
         fields += [pa.field(c, pa.null()) for c in self.keep_columns]
         return pa.schema(fields)
 
@@ -74,6 +78,7 @@ class EmbedTableBuilder:
         *,
         encoded: Sequence[Any] = (),
         texts: Sequence[str] = (),
+        n_chunks: Sequence[int] | None = None,
     ) -> pa.Table:
         """`encoded` and `texts` (the rows' tokenization and text) are for builders whose columns need them."""
         types = self.schema
@@ -85,6 +90,9 @@ class EmbedTableBuilder:
             pa.array(truncated, type=pa.bool_()),
         ]
         names = ["id", *(n for n, _ in values), "n_tokens", "truncated"]
+        if self.chunks:
+            arrays.append(pa.array(n_chunks if n_chunks is not None else [1] * len(ids), type=pa.int32()))
+            names.append("n_chunks")
         promoted = False
         for col in self.keep_columns:
             known = types.field(col).type if types is not None else None
@@ -223,10 +231,13 @@ class PerTokenTableBuilder(EmbedTableBuilder):
         *,
         encoded: Sequence[Any] = (),
         texts: Sequence[str] = (),
+        n_chunks: Sequence[int] | None = None,
     ) -> pa.Table:
         self._encoded, self._texts = encoded, texts
         try:
-            return super().table(ids, vectors, n_tokens, truncated, keep, encoded=encoded, texts=texts)
+            return super().table(
+                ids, vectors, n_tokens, truncated, keep, encoded=encoded, texts=texts, n_chunks=n_chunks
+            )
         finally:
             self._encoded, self._texts = (), ()
 

@@ -49,12 +49,16 @@ class EmbedPooler:
         self.skip_prompt_tokens = skip_prompt_tokens
 
     def __call__(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
+        return self.head(self.pool(hidden, attention_mask))
+
+    def pool(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
+        """The pooled vector before the head (chunked rows are combined at this point)."""
         mask = attention_mask.bool()
         if self.skip_prompt_tokens:
             # Rows are right-padded, so the prompt is always the first tokens (Sentence-Transformers semantics).
             mask = mask.clone()
             mask[:, : self.skip_prompt_tokens] = False
-        return self.head(self.method(hidden, mask))
+        return self.method(hidden, mask)
 
 
 class TokenEmbedPooler:

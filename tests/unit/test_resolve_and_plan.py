@@ -322,11 +322,16 @@ def test_pooling_override_sets_the_vector_size(tmp_path: Path) -> None:
     assert build_plan(_run(pooler_flags=PoolerConfig(seq_pooling_type="CLS")), m, "embed").embedding_size == 8
 
 
-def test_chunked_processing_is_refused_until_implemented(tmp_path: Path) -> None:
+def test_chunked_processing_plan(tmp_path: Path) -> None:
     m = resolve_model(str(_model_dir(tmp_path, BERT)))
-    pc = parse_pooler_config({"enable_chunked_processing": True}, source="t")
-    with pytest.raises(UsageError, match="not implemented"):
-        build_plan(_run(pooler_config=pc), m, "embed")
+    pc = parse_pooler_config({"enable_chunked_processing": True, "max_embed_len": 4096}, source="t")
+    plan = build_plan(_run(pooler_config=pc), m, "embed")
+    assert plan.chunk and plan.max_embed_len == 4096 and plan.describe()["on_too_long"] == "chunk"
+    assert build_plan(_run(on_too_long="chunk"), m, "embed").chunk
+    assert not build_plan(_run(), m, "embed").chunk
+    cls = resolve_model(str(_model_dir(tmp_path / "c", BERT | {"architectures": ["BertForSequenceClassification"]})))
+    with pytest.raises(UsageError, match="embed and token-embed"):
+        build_plan(_run(on_too_long="chunk"), cls, "classify")
 
 
 def test_default_output_names() -> None:
