@@ -329,8 +329,9 @@ class PlanOptions(msgspec.Struct, frozen=True, kw_only=True):
     """Token limit (-1 = model maximum); None also means the model maximum."""
     truncation_side: TruncationSide = "right"
     """Which end of a too-long input is cut."""
-    on_too_long: OnTooLong = "truncate"
-    """What to do with inputs longer than the limit."""
+    on_too_long: OnTooLong | None = None
+    """What to do with inputs longer than the limit; None (not given): truncate, or chunk where the preset or
+    pooler config enables chunked processing. An explicit value wins over both."""
 
 
 class EmbedOptions(msgspec.Struct, frozen=True, kw_only=True):

@@ -8,7 +8,7 @@ values (lists, dicts, numbers).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -72,7 +72,8 @@ class Request(msgspec.Struct, kw_only=True):
     prompt_name: str | None = None
     truncate_prompt_tokens: int | None = None
     truncation_side: str = "right"
-    on_too_long: str = "truncate"
+    on_too_long: str | None = None
+    """None: truncate, or chunk where a preset or pooler config enables chunked processing."""
     text_field: str = "text"
     id_field: str | None = None
     keep_columns: str | Sequence[str] | None = None
@@ -126,6 +127,106 @@ class Request(msgspec.Struct, kw_only=True):
         """A command's flags (its parameters, e.g. its `locals()`) -> a request; names it does not know are left."""
         names = set(cls.__struct_fields__) - {"task"}
         return cls(task=task, **{k: v for k, v in flags.items() if k in names})
+
+
+ENGINE_FIELDS = frozenset(
+    {
+        "device",
+        "dtype",
+        "threads",
+        "max_batch_tokens",
+        "max_batch_size",
+        "window_rows",
+        "trust_remote_code",
+        "hf_overrides",
+        "convert",
+        "max_model_len",
+    }
+)
+"""What loading a model and batching take (the Python API takes these once, at `poolcli.load`)."""
+RUN_FIELDS = frozenset(
+    {
+        "input",
+        "output",
+        "errors",
+        "text_field",
+        "id_field",
+        "keep_columns",
+        "part_rows",
+        "overwrite",
+        "max_errors",
+        "max_error_rate",
+        "strict",
+        "quiet",
+        "progress",
+        "verbose",
+        "seed",
+    }
+)
+"""What a run over files takes (the command line and `run_file`)."""
+_POOLING = frozenset({"config", "pooler_config", "prompt", "prompt_name", "truncate_prompt_tokens", "on_too_long"})
+_COMMON = frozenset({"model"}) | ENGINE_FIELDS | RUN_FIELDS | _POOLING
+_SCORING = frozenset(
+    {
+        "query",
+        "pooling_type",
+        "use_activation",
+        "score_type",
+        "maxsim_normalize",
+        "max_tokens_per_query",
+        "max_tokens_per_doc",
+        "instruction",
+    }
+)
+TASK_FIELDS: dict[Task, frozenset[str]] = {
+    "embed": _COMMON
+    | {
+        "truncation_side",
+        "pooling_type",
+        "normalize",
+        "dimensions",
+        "enable_chunked_processing",
+        "max_embed_len",
+        "output_dtype",
+        "outputs",
+    },
+    "token_embed": _COMMON
+    | {
+        "truncation_side",
+        "normalize",
+        "dimensions",
+        "enable_chunked_processing",
+        "max_embed_len",
+        "output_dtype",
+        "skip_special_tokens",
+        "colbert_role",
+    },
+    "classify": _COMMON | {"truncation_side", "use_activation", "top_k", "threshold"},
+    "token_classify": _COMMON
+    | {
+        "truncation_side",
+        "pooling_type",
+        "use_activation",
+        "step_tag_id",
+        "returned_token_ids",
+        "offsets",
+        "aggregate",
+        "ignore_labels",
+    },
+    "score": _COMMON | _SCORING | {"input2", "cross"},
+    "rerank": (_COMMON - {"keep_columns"}) | _SCORING | {"group_by", "top_n", "return_documents"},
+}
+"""The options each task takes: its command's flags, and what the Python API accepts for it (the same checks)."""
+
+
+def check_fields(task: Task, names: Iterable[str], *, allowed: frozenset[str] | None = None, what: str) -> None:
+    """Refuse options that are unknown or do not apply to `task`, as the command line does for its flags."""
+    allowed = TASK_FIELDS[task] if allowed is None else allowed
+    wrong = sorted(n for n in names if n not in allowed)
+    if wrong:
+        known = [n for n in wrong if n in Request.__struct_fields__]
+        why = f" (not an option of {task.replace('_', '-')})" if known == wrong else ""
+        raise UsageError(f"{what} takes no option {', '.join(wrong)}{why}")
 
 
 class Configs(NamedTuple):
@@ -295,9 +396,9 @@ def parse_keep_columns(value: str | Sequence[str] | None) -> tuple[str, ...]:
         return ()
     parts = value.split(",") if isinstance(value, str) else list(value)
     cols = tuple(c.strip() for c in parts if c.strip())
-    reserved = {"id", "embedding", "n_tokens", "truncated"} & set(cols)
-    if reserved:
-        raise UsageError(f"--keep-columns cannot include output column names: {', '.join(sorted(reserved))}")
+    # Every task writes `id`; the other names each task writes are checked against its table builder.
+    if "id" in cols:
+        raise UsageError("--keep-columns cannot include this command's output column names: id")
     return cols
 
 

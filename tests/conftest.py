@@ -16,6 +16,24 @@ from tests import models
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _one_core_per_worker() -> None:
+    """Each xdist worker (and the processes it starts) runs on its own core. The engine gives the model every core
+    it may use; two workers each spinning two torch threads on two cores run the suite at half speed."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw") or not hasattr(os, "sched_setaffinity"):
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers <= 1 or len(cores) < workers:
+        return
+    index = int(worker[2:])
+    share = len(cores) // workers
+    os.sched_setaffinity(0, set(cores[index * share : (index + 1) * share]))
+
+
+_one_core_per_worker()
 ROOT = Path(__file__).resolve().parent.parent
 
 

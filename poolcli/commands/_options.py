@@ -147,11 +147,12 @@ TruncationSideOpt = Annotated[
     ),
 ]
 OnTooLongOpt = Annotated[
-    OnTooLong,
+    OnTooLong | None,
     typer.Option(
         "--on-too-long",
         help="Truncate too-long texts (flagged in the 'truncated' column), make them TOO_LONG error rows, or (embed, "
-        "token-embed) embed them in chunks of the model maximum.",
+        "token-embed) embed them in chunks of the model maximum. Default: truncate, or chunk where a preset or "
+        "pooler config enables chunked processing; an explicit value wins over both.",
         rich_help_panel=_POOL,
     ),
 ]

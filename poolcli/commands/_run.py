@@ -39,7 +39,7 @@ def _progress(description: str, driver: DriverConfig) -> Progress:
 
 def _trim(info: dict[str, Any], verbose: bool) -> dict[str, Any]:
     if not verbose:
-        for key in ("padded_tokens", "batches", "padding_ratio", "oom_splits", "load_seconds", "threads"):
+        for key in ("padded_tokens", "batches", "padding_ratio", "oom_splits", "duplicates", "load_seconds", "threads"):
             info.pop(key, None)
     if not info.get("chunked_rows") and not info.get("chunks"):
         info.pop("chunked_rows", None)

@@ -35,7 +35,7 @@ def embed(
     prompt_name: o.PromptName = None,
     truncate_prompt_tokens: o.TruncatePromptTokens = None,
     truncation_side: o.TruncationSideOpt = "right",
-    on_too_long: o.OnTooLongOpt = "truncate",
+    on_too_long: o.OnTooLongOpt = None,
     enable_chunked_processing: o.EnableChunkedProcessing = None,
     max_embed_len: o.MaxEmbedLen = None,
     text_field: o.TextField = "text",

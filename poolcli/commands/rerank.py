@@ -39,7 +39,7 @@ def rerank(
     prompt: o.Prompt = None,
     prompt_name: o.PromptName = None,
     truncate_prompt_tokens: o.TruncatePromptTokens = None,
-    on_too_long: o.OnTooLongOpt = "truncate",
+    on_too_long: o.OnTooLongOpt = None,
     text_field: o.TextField = "text",
     id_field: o.IdField = None,
     device: o.Device = "auto",

@@ -41,7 +41,7 @@ def score(
     prompt: o.Prompt = None,
     prompt_name: o.PromptName = None,
     truncate_prompt_tokens: o.TruncatePromptTokens = None,
-    on_too_long: o.OnTooLongOpt = "truncate",
+    on_too_long: o.OnTooLongOpt = None,
     text_field: o.TextField = "text",
     id_field: o.IdField = None,
     keep_columns: o.KeepColumns = None,

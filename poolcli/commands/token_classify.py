@@ -61,7 +61,7 @@ def token_classify(
     prompt_name: o.PromptName = None,
     truncate_prompt_tokens: o.TruncatePromptTokens = None,
     truncation_side: o.TruncationSideOpt = "right",
-    on_too_long: o.OnTooLongOpt = "truncate",
+    on_too_long: o.OnTooLongOpt = None,
     text_field: o.TextField = "text",
     id_field: o.IdField = None,
     keep_columns: o.KeepColumns = None,

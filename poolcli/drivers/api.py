@@ -24,7 +24,7 @@ import msgspec
 
 from poolcli.config import DEFAULT_PART_ROWS
 from poolcli.errors import PoolcliError, RowError, UsageError
-from poolcli.request import Request, build
+from poolcli.request import ENGINE_FIELDS, RUN_FIELDS, TASK_FIELDS, Request, build, check_fields
 from poolcli.vocab import Task
 
 if TYPE_CHECKING:
@@ -38,19 +38,6 @@ if TYPE_CHECKING:
     from poolcli.model.resolve import ResolvedModel
 
 OnError = Literal["raise", "return"]
-
-_ENGINE_OPTIONS = (
-    "device",
-    "dtype",
-    "threads",
-    "max_batch_tokens",
-    "max_batch_size",
-    "window_rows",
-    "trust_remote_code",
-    "hf_overrides",
-    "convert",
-    "max_model_len",
-)
 
 
 class Result(msgspec.Struct):
@@ -77,7 +64,7 @@ class Model:
         from poolcli.model.load import Loader
         from poolcli.model.resolve import resolve_model
 
-        unknown = sorted(set(engine_options) - set(_ENGINE_OPTIONS))
+        unknown = sorted(set(engine_options) - ENGINE_FIELDS)
         if unknown:
             raise UsageError(f"poolcli.load() takes no option {', '.join(unknown)}")
         self._base: dict[str, Any] = {"model": model, "config": config, **engine_options}
@@ -230,13 +217,12 @@ class Model:
         from poolcli.console import print_warning
         from poolcli.engine.tasks import build_engine
 
-        forbidden = sorted(set(options) & {"model", *_ENGINE_OPTIONS})
+        forbidden = sorted(set(options) & {"model", *ENGINE_FIELDS})
         if forbidden:
             raise UsageError(f"{', '.join(forbidden)}: give these to poolcli.load(), not to each call")
-        known = set(Request.__struct_fields__)
-        unknown = sorted(k for k in options if k not in known)
-        if unknown:
-            raise UsageError(f"{task} takes no option {', '.join(unknown)}")
+        # In memory there are no files: of the run options, only `quiet` (warnings) means anything.
+        allowed = (TASK_FIELDS[task] - RUN_FIELDS) | {"quiet"}
+        check_fields(task, options, allowed=allowed, what=task)
         merged = {**self._base, **options}
         configs = build(Request(task=task, **merged))
         if configs.engine.hf_overrides != self.engine_config.hf_overrides:
@@ -358,7 +344,7 @@ def load(model: str | None = None, *, config: str | None = None, **engine_option
 
 def _split(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """A one-shot call's options: those of `load()` and those of the task."""
-    load_opts = {k: options.pop(k) for k in list(options) if k in _ENGINE_OPTIONS}
+    load_opts = {k: options.pop(k) for k in list(options) if k in ENGINE_FIELDS}
     return load_opts, options
 
 
@@ -407,9 +393,7 @@ def run_file(task: Task, input: str, output: str | None = None, **options: Any) 
     of what was committed as `.summary`). No progress bar unless `progress=True`."""
     from poolcli.drivers.run import run_file_request
 
-    unknown = sorted(k for k in options if k not in Request.__struct_fields__)
-    if unknown:
-        raise UsageError(f"run_file takes no option {', '.join(unknown)}")
+    check_fields(task, options, what=f"run_file({task!r})")
     req = Request(task=task, input=input, output=output, **{"quiet": True, "progress": False, **options})
     outcome = run_file_request(req, make_progress=_progress if options.get("progress") else None)
     summary = outcome.summary.as_dict()

@@ -50,6 +50,8 @@ class Summary(msgspec.Struct, kw_only=True):
     parts_skipped: int = 0
     rows_computed: int = 0
     oom_splits: int = 0
+    duplicates: int = 0
+    """Inputs with the same tokens as another in their block, computed once (--verbose)."""
     threads: int = 0
     seconds: float = 0.0
     load_seconds: float = 0.0
@@ -151,7 +153,10 @@ def run_local(
                     if store.open(overwrite=cfg.overwrite or from_stdin):
                         # Finished by an earlier run of this very command: nothing to do, nothing rewritten.
                         summary.status = "already complete"
-                        summary.rows_out = store.committed_rows()
+                        summary.rows_out, summary.errors = store.committed()
+                        errors_path = default_errors_path(cfg)
+                        if summary.errors and errors_path.is_file():
+                            summary.errors_file = str(errors_path)
                     else:
                         engine.load()
                         loaded = True
@@ -169,6 +174,7 @@ def run_local(
         summary.batches = engine.stats.batches
         summary.padded_tokens = engine.stats.padded_tokens
         summary.oom_splits = engine.stats.oom_splits
+        summary.duplicates = engine.stats.duplicates
         summary.threads = engine.threads
         summary.load_seconds = engine.load_seconds
     summary.seconds = time.monotonic() - started

@@ -44,6 +44,8 @@ class RowEncoder(Protocol):
 
     pad_id: int
     prompt_tokens: int
+    max_tokens: int
+    """The length an input is cut to (the model's limit, or a ColBERT role's length)."""
 
     def encode(self, texts: Sequence[str]) -> list[Encoded]: ...
 
@@ -180,6 +182,9 @@ class RowEngine(TaskEngine):
         self._encoder: RowEncoder | None = None
         self.builder = self._builder()
         self.builder.chunks = plan.chunk
+        from poolcli.io.tables import check_keep_columns
+
+        check_keep_columns(keep_columns, self.builder.output_fields())
 
     @abstractmethod
     def _builder(self) -> EmbedTableBuilder:
@@ -250,6 +255,7 @@ class RowEngine(TaskEngine):
                 )
             )
 
+        limit = self.encoder.max_tokens
         keep: list[int] = []
         for i, enc in enumerate(encoded):
             if plan.max_embed_len is not None and enc.n_full is not None and enc.n_full > plan.max_embed_len:
@@ -257,7 +263,7 @@ class RowEngine(TaskEngine):
                 message = f"text has {counted}{enc.n_full} tokens, more than max_embed_len {plan.max_embed_len}"
                 error(i, "TOO_LONG", message)
             elif plan.on_too_long == "error" and enc.truncated:
-                error(i, "TOO_LONG", f"text is longer than {plan.max_tokens} tokens (--on-too-long error)")
+                error(i, "TOO_LONG", f"text is longer than {limit} tokens (--on-too-long error)")
             else:
                 keep.append(i)
         items: list[Encoded] = []

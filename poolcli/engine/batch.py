@@ -10,6 +10,9 @@ outputs, and the counters the summary reports.
   run restores.
 - Non-finite output: the row is recomputed alone with `float32=True` (the task decides what that means, usually a
   float32 copy of the model); still non-finite, it becomes NONFINITE_OUTPUT.
+- Duplicates: items with the same token ids are computed once and share the result. This is what makes two equal
+  texts give equal outputs: a kernel may round a row differently at another position in a batch (seen with one
+  CPU thread), which reorders tied scores in a ranking. It also saves the work on corpora with repeated rows.
 """
 
 from __future__ import annotations
@@ -104,6 +107,7 @@ class BatchStats(msgspec.Struct):
     batches: int = 0
     padded_tokens: int = 0
     oom_splits: int = 0
+    duplicates: int = 0
 
 
 class BatchTemplate:
@@ -144,10 +148,23 @@ class BatchTemplate:
         lengths = [len(item.ids) for item in items]
         out: list[Output | None] = [None] * len(items)
         failed: Failed = {}
+        overflowed: set[int] = set()
+        first, copies = _duplicates(items)
+        unique = [j for j in range(len(items)) if first[j] == j]
+        self.stats.duplicates += len(items) - len(unique)
 
         def compute(batch: list[int]) -> None:
             try:
-                results = self._forward(items, rows, batch, forward, per_token=per_token, dtype=out_dtype, retry=False)
+                results = self._forward(
+                    items,
+                    rows,
+                    batch,
+                    forward,
+                    per_token=per_token,
+                    dtype=out_dtype,
+                    retry=False,
+                    overflowed=overflowed,
+                )
             except Exception as exc:
                 if not is_oom(exc):
                     raise
@@ -172,18 +189,27 @@ class BatchTemplate:
                 return
             for j, values in zip(batch, results, strict=True):
                 out[j] = values
-            on_batch(len(batch), sum(lengths[j] for j in batch))
+            on_batch(sum(1 + copies.get(j, 0) for j in batch), sum(lengths[j] * (1 + copies.get(j, 0)) for j in batch))
 
-        for batch in cut_batches(lengths, max_tokens=self.budget, max_rows=self.max_rows):
-            compute(batch)
+        for cut in cut_batches([lengths[j] for j in unique], max_tokens=self.budget, max_rows=self.max_rows):
+            compute([unique[k] for k in cut])
             stop()
 
         for j, values in enumerate(out):
             if values is None or _finite(values):
                 continue
             out[j] = None
+            if j in overflowed:
+                failed[j] = (
+                    "NONFINITE_OUTPUT",
+                    f"the output has values past the range of {np.dtype(out_dtype).name}; --output-dtype float32 "
+                    "keeps them",
+                )
+                continue
             try:
-                (again,) = self._forward(items, rows, [j], forward, per_token=per_token, dtype=out_dtype, retry=True)
+                (again,) = self._forward(
+                    items, rows, [j], forward, per_token=per_token, dtype=out_dtype, retry=True, overflowed=overflowed
+                )
             except Exception as exc:
                 if not is_oom(exc):
                     raise
@@ -194,6 +220,11 @@ class BatchTemplate:
                 out[j] = again
             else:
                 failed[j] = ("NONFINITE_OUTPUT", "the model produced NaN or Inf for this row, also in float32 alone")
+        for j, source in enumerate(first):
+            if source != j:
+                out[j] = _copy(out[source])
+                if source in failed:
+                    failed[j] = failed[source]
         return out, failed
 
     def _forward(
@@ -206,7 +237,10 @@ class BatchTemplate:
         per_token: bool | tuple[bool, ...],
         dtype: type[np.floating],
         retry: bool,
+        overflowed: set[int],
     ) -> list[Output]:
+        """The batch's outputs in `dtype`; items whose finite float32 output does not fit `dtype` go in
+        `overflowed`."""
         import torch
 
         f = self.faults
@@ -216,12 +250,18 @@ class BatchTemplate:
         with torch.inference_mode():
             raw = forward(collated, retry)
             heads = raw if isinstance(raw, tuple) else (raw,)
-            arrays = [t.float().cpu().numpy().astype(dtype, copy=False) for t in heads]
+            wide = [t.float().cpu().numpy() for t in heads]
+        with np.errstate(over="ignore"):  # a value past float16's range: reported as its own row error below
+            arrays = [a.astype(dtype, copy=False) for a in wide]
         flags = per_token if isinstance(per_token, tuple) else (per_token,) * len(arrays)
         values: list[Output] = []
         for k, j in enumerate(batch):
             n = len(items[j].ids)
             parts = tuple(a[k, :n] if flag else a[k] for a, flag in zip(arrays, flags, strict=True))
+            if dtype is not np.float32 and not all(bool(np.isfinite(p).all()) for p in parts):
+                exact = (a[k, :n] if flag else a[k] for a, flag in zip(wide, flags, strict=True))
+                if all(bool(np.isfinite(p).all()) for p in exact):
+                    overflowed.add(j)
             values.append(parts if isinstance(raw, tuple) else parts[0])
         if f.nan_rows and (f.nan_always or not retry):
             values = [_poisoned(v) if r in f.nan_rows else v for v, r in zip(values, batch_rows, strict=True)]
@@ -237,6 +277,34 @@ class BatchTemplate:
         gc.collect()
         if self.device == "cuda":
             torch.cuda.empty_cache()
+
+
+def _duplicates(items: Sequence[TokenSeq]) -> tuple[list[int], dict[int, int]]:
+    """For each item, the first item with the same tokens (itself if none), and how many copies each first has."""
+    seen: dict[tuple[Any, ...], int] = {}
+    first: list[int] = []
+    copies: dict[int, int] = {}
+    for j, item in enumerate(items):
+        type_ids, attention = item.type_ids, item.attention
+        key = (
+            tuple(item.ids),
+            None if type_ids is None else tuple(type_ids),
+            None if attention is None else tuple(attention),
+        )
+        source = seen.setdefault(key, j)
+        first.append(source)
+        if source != j:
+            copies[source] = copies.get(source, 0) + 1
+    return first, copies
+
+
+def _copy(values: Output | None) -> Output | None:
+    """A copy, so that a consumer changing one row's arrays in place cannot change its duplicate's."""
+    if values is None:
+        return None
+    if isinstance(values, tuple):
+        return tuple(p.copy() for p in values)
+    return values.copy()
 
 
 def _finite(values: Output) -> bool:

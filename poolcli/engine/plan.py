@@ -164,7 +164,7 @@ def build_plan(opts: PlanOptions, model: ResolvedModel, task: PoolingTask) -> Pl
     # A Sentence-Transformers Normalize module normalizes the pooled vector; per-token vectors are normalized by
     # default whatever it says (vLLM's token_embed), --no-normalize turns it off.
     merged = upper if task == "token_embed" else upper.over(_st_layer(model))
-    chunk = bool(merged.enable_chunked_processing) or opts.on_too_long == "chunk"
+    chunk, on_too_long = _long_input_policy(opts, merged)
     if chunk and task not in ("embed", "token_embed"):
         raise UsageError(
             f"chunked processing of long inputs applies to embed and token-embed, not {task!r}",
@@ -212,11 +212,22 @@ def build_plan(opts: PlanOptions, model: ResolvedModel, task: PoolingTask) -> Pl
         prompt_name=prompt_name,
         max_tokens=limit,
         truncation_side=opts.truncation_side,
-        on_too_long=opts.on_too_long,
+        on_too_long=on_too_long,
         lower_case=model.do_lower_case,
         chunk=chunk,
         max_embed_len=merged.max_embed_len,
     )
+
+
+def _long_input_policy(opts: PlanOptions, merged: PoolerConfig) -> tuple[bool, OnTooLong]:
+    """Whether too-long texts are chunked, and the policy otherwise. An explicit --on-too-long wins over a preset's or
+    pooler config's enable_chunked_processing; against the --enable-chunked-processing flag it is a contradiction."""
+    explicit = opts.on_too_long
+    if explicit is None:
+        return bool(merged.enable_chunked_processing), "truncate"
+    if explicit != "chunk" and opts.pooler_flags.enable_chunked_processing:
+        raise UsageError(f"--on-too-long {explicit} contradicts --enable-chunked-processing")
+    return explicit == "chunk", explicit
 
 
 def _embedding_size(pooling: PoolingSpec, model: ResolvedModel) -> int:
@@ -345,6 +356,7 @@ def build_score_plan(plan_options: PlanOptions, opts: ScoreOptions, model: Resol
             "chunked processing applies to embed and token-embed; a pair over the limit is truncated or, with "
             "--on-too-long error, an error row"
         )
+    on_too_long: OnTooLong = plan_options.on_too_long or "truncate"
     if opts.score_type == "auto":
         score_type = _detect_score_type(model)
         source = f"detected from the model ({model.architecture})"
@@ -399,7 +411,7 @@ def build_score_plan(plan_options: PlanOptions, opts: ScoreOptions, model: Resol
             use_sep_token=info.use_sep_token and template is None,
             max_tokens_per_query=opts.max_tokens_per_query,
             max_tokens_per_doc=opts.max_tokens_per_doc,
-            on_too_long=plan_options.on_too_long,
+            on_too_long=on_too_long,
         )
     if opts.max_tokens_per_query or opts.max_tokens_per_doc:
         raise UsageError("--max-tokens-per-query/--max-tokens-per-doc apply to cross-encoders only")
@@ -415,6 +427,13 @@ def build_score_plan(plan_options: PlanOptions, opts: ScoreOptions, model: Resol
     upper = plan_options.pooler_flags.over(plan_options.pooler_config)
     check_fields_for_task(needed, upper.to_dict(), source="pooler config")
     embed = build_plan(plan_options, model, needed)
+    if embed.chunk or embed.max_embed_len is not None:
+        what = "chunked processing" if embed.chunk else "max_embed_len"
+        raise UsageError(
+            f"{what} (from the preset or pooler config) applies to embed and token-embed, not to scoring; a text "
+            "over the limit is truncated or, with --on-too-long error, an error row",
+            hint="drop the preset or pooler key for score and rerank",
+        )
     if embed.params.dimensions is not None and score_type == "late-interaction":
         raise UsageError("--dimensions does not apply to late-interaction scoring")
     return ScorePlan(
@@ -426,5 +445,5 @@ def build_score_plan(plan_options: PlanOptions, opts: ScoreOptions, model: Resol
         use_activation=False,
         embed=embed,
         maxsim_normalize=opts.maxsim_normalize,
-        on_too_long=plan_options.on_too_long,
+        on_too_long=on_too_long,
     )

@@ -68,7 +68,7 @@ class ScoreEngine(TaskEngine):
         self.keep_columns = keep_columns
         self.scorer: Scorer | None = None
         self.builder: ScoreTableBuilder | RerankTableBuilder
-        from poolcli.io.tables import RerankTableBuilder, ScoreTableBuilder, id_type
+        from poolcli.io.tables import RerankTableBuilder, ScoreTableBuilder, check_keep_columns, id_type
 
         if rerank:
             self.id_column, self.value_column = "query_id", "relevance_score"
@@ -83,6 +83,7 @@ class ScoreEngine(TaskEngine):
             self.builder = ScoreTableBuilder(
                 id_kind=id_type(p.id for p in job.pairs), pair_kind=pair_kind, keep_columns=keep_columns
             )
+            check_keep_columns(keep_columns, self.builder.output_fields())
 
     def describe(self) -> dict[str, Any]:
         return self.plan.describe()
@@ -144,19 +145,31 @@ class ScoreEngine(TaskEngine):
             else:
                 good.append(p)
         texts = [(_text(job.queries[job.pairs[p].q]), _text(job.docs[job.pairs[p].d])) for p in good]
-        scores, failed, n_tokens, truncated = self.scorer.score(texts, stop, on_batch)
+        result = self.scorer.score(texts, stop, on_batch)
         ok: dict[int, float] = {}
+        queries_reported: set[int] = set()
         for j, p in enumerate(good):
-            if j in failed:
-                code, message = failed[j]
-                pair = job.pairs[p]
-                row = job.docs[pair.d]
-                out_id = job.groups[gid_of[p]].query_id if rerank else pair.id
-                errors.append(ErrorRow(out_id, row.source, code, message, row.line, row.row))
+            if j not in result.failed:
+                ok[p] = float(result.scores[j])
+                continue
+            code, message = result.failed[j]
+            pair = job.pairs[p]
+            by_query = j in result.query_failed
+            row = job.queries[pair.q] if by_query else job.docs[pair.d]
+            if rerank:
+                # A query at fault is one error row for its whole ranking; a document names its place in the row.
+                gid = gid_of[p]
+                if by_query:
+                    if gid in queries_reported:
+                        continue
+                    queries_reported.add(gid)
+                else:
+                    message = f"documents[{pair.index}]: {message}"
+                errors.append(ErrorRow(job.groups[gid].query_id, row.source, code, message, row.line, row.row))
             else:
-                ok[p] = float(scores[j])
-        tokens = sum(n_tokens)
-        n_trunc = sum(truncated)
+                errors.append(ErrorRow(pair.id, row.source, code, message, row.line, row.row))
+        tokens = sum(result.n_tokens)
+        n_trunc = sum(result.truncated)
         errors.sort(key=lambda e: e.row if e.row is not None else -1)
         table = self._rerank_table(start, stop_unit, ok) if rerank else self._score_table(pair_ids, ok)
         return BlockResult(table, errors, tokens, n_trunc)

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -27,8 +27,15 @@ if TYPE_CHECKING:
     from poolcli.io.records import Encoded
     from poolcli.model.load import Loader
 
-Scores = tuple[np.ndarray, Failed, list[int], list[bool]]
-"""(score per pair, failed pairs, tokens per pair, truncated per pair)."""
+
+class Scores(NamedTuple):
+    scores: np.ndarray
+    failed: Failed
+    """Pairs that have no score: {pair: (code, message)}."""
+    n_tokens: list[int]
+    truncated: list[bool]
+    query_failed: frozenset[int] = frozenset()
+    """Failed pairs whose query is at fault (the others: the document, or the pair as a whole)."""
 
 
 class Context(Protocol):
@@ -105,7 +112,7 @@ class CrossEncoderScorer:
                     value = results[j]
                     assert value is not None
                     scores[w + j] = float(value)
-        return scores, failed, n_tokens, truncated
+        return Scores(scores, failed, n_tokens, truncated)
 
 
 class _TextCache:
@@ -143,27 +150,32 @@ def _combine(
     docs: _TextCache,
     sim: Callable[[Any, Any], float],
     *,
-    refuse_truncated: int | None = None,
+    refuse_truncated: tuple[int, int] | None = None,
 ) -> Scores:
-    """Scores of the pairs from the cached representations; with `refuse_truncated` (the token limit), a pair
-    with a side over it is a TOO_LONG failure."""
+    """Scores of the pairs from the cached representations; with `refuse_truncated` (the query's and the
+    document's token limits), a pair with a side over its limit is a TOO_LONG failure."""
     scores = np.zeros(len(pairs), dtype=np.float32)
     failed: Failed = {}
+    query_failed: set[int] = set()
     n_tokens: list[int] = []
     truncated: list[bool] = []
     for i, (q, d) in enumerate(pairs):
         tq, td = queries.tokens[q], docs.tokens[d]
         n_tokens.append(tq[0] + td[0])
         truncated.append(tq[1] or td[1])
-        bad = queries.failed.get(q) or docs.failed.get(d)
+        bad = queries.failed.get(q)
+        if bad is not None or (refuse_truncated is not None and tq[1]):
+            query_failed.add(i)
+        if bad is None:
+            bad = docs.failed.get(d)
         if bad is None and refuse_truncated is not None and (tq[1] or td[1]):
-            side = "query" if tq[1] else "document"
-            bad = ("TOO_LONG", f"the {side} is longer than {refuse_truncated} tokens")
+            side, limit = ("query", refuse_truncated[0]) if tq[1] else ("document", refuse_truncated[1])
+            bad = ("TOO_LONG", f"the {side} is longer than {limit} tokens")
         if bad is not None:
             failed[i] = bad
             continue
         scores[i] = sim(queries.values[q], docs.values[d])
-    return scores, failed, n_tokens, truncated
+    return Scores(scores, failed, n_tokens, truncated, frozenset(query_failed))
 
 
 class _TextScorer:
@@ -216,8 +228,10 @@ class _TextScorer:
         else:
             self.queries.fill([q for q, _ in pairs], window, self.query_encoder.encode, computer(False))
             self.docs.fill([d for _, d in pairs], window, self.doc_encoder.encode, computer(True))
-        limit = self.plan.max_tokens if self.engine.plan.on_too_long == "error" else None
-        return _combine(pairs, self.queries, self.docs, self._sim, refuse_truncated=limit)
+        limits = None
+        if self.engine.plan.on_too_long == "error":
+            limits = (self.query_encoder.max_tokens, self.doc_encoder.max_tokens)
+        return _combine(pairs, self.queries, self.docs, self._sim, refuse_truncated=limits)
 
 
 class BiEncoderScorer(_TextScorer):

@@ -50,8 +50,12 @@ class TokenEmbedEngine(RowEngine):
         warn: Callable[[str], None] = lambda message: None,
     ) -> None:
         self.options = options = options or TokenEmbedOptions()
-        if options.colbert_role is not None and plan.chunk:
-            raise UsageError("--colbert-role encodes to the role's own length; it does not combine with chunking")
+        if options.colbert_role is not None and (plan.chunk or plan.max_embed_len is not None):
+            role = options.colbert_role
+            raise UsageError(
+                f"a ColBERT {role} has a fixed length (the checkpoint's {role}_length); chunked processing and "
+                "max_embed_len do not apply to it"
+            )
         if options.colbert_role is not None and plan.model.colbert is None:
             raise UsageError(
                 f"--colbert-role applies to ColBERT checkpoints; {plan.model.name} "

@@ -193,7 +193,11 @@ class TextEncoder:
                         offsets = [(s + shift, t + shift) if t else (s, t) for s, t in offsets]
                 special = list(e.special_tokens_mask) if self.special else None
                 out.append(Encoded(e.ids, overflow, offsets, special=special))
-            if not overflow or (self.max_embed_len is None and not self.chunk):
+            if not overflow:
+                if self.max_embed_len is not None and len(e.ids) > self.max_embed_len:
+                    out[-1].n_full = len(e.ids)  # fits the model but not max_embed_len: a TOO_LONG row
+                continue
+            if self.max_embed_len is None and not self.chunk:
                 continue
             if self.max_embed_len is not None:
                 out[-1].n_full = self._count(raw, self.max_embed_len)
@@ -259,6 +263,11 @@ class ColbertEncoder:
     def __init__(self, plan: Plan, spec: ColbertSpec, role: ColbertRole, *, special: bool = False) -> None:
         from tokenizers import Tokenizer
 
+        if plan.chunk or plan.max_embed_len is not None:
+            raise UsageError(
+                f"a ColBERT {role} has a fixed length (the checkpoint's {role}_length); chunked processing and "
+                "max_embed_len do not apply to it"
+            )
         hf, backend = _load_tokenizer(plan.model.path)
         query = role == "query"
         length = min(spec.query_length if query else spec.document_length, plan.max_tokens)
@@ -277,6 +286,7 @@ class ColbertEncoder:
         self._tok.no_padding()
         self._tok.enable_truncation(max_length=room, direction=plan.truncation_side)
         self.length = length
+        self.max_tokens = length
         self.expand = query and spec.do_query_expansion
         self.attend_expansion = spec.attend_to_expansion_tokens
         mask_id = hf.mask_token_id if hf.mask_token_id is not None else hf.eos_token_id

@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 
 STATE_VERSION = 1
 _ENCODER = msgspec.json.Encoder()
+_RESULT_KEY = b"poolcli_result"
+"""A single-file output's metadata key for its counts (a directory output keeps them in _MANIFEST.json)."""
 
 
 class Layout(msgspec.Struct, frozen=True):
@@ -270,13 +272,16 @@ class PartStore:
         os.replace(lay.state, trash)
         shutil.rmtree(trash, ignore_errors=True)
 
-    def committed_rows(self) -> int:
-        """Rows of a complete output (for the summary of a no-op rerun)."""
+    def committed(self) -> tuple[int, int]:
+        """Rows and error rows of a complete output (for the summary of a no-op rerun)."""
         if self.layout.kind == "dir":
-            return int(json.loads((self.layout.final / "_MANIFEST.json").read_text()).get("rows", 0))
+            manifest = json.loads((self.layout.final / "_MANIFEST.json").read_text())
+            return int(manifest.get("rows", 0)), int(manifest.get("errors", 0))
         import pyarrow.parquet as pq
 
-        return int(pq.ParquetFile(self.layout.final).metadata.num_rows)
+        meta = pq.ParquetFile(self.layout.final).metadata
+        result = json.loads((meta.metadata or {}).get(_RESULT_KEY, b"{}"))
+        return int(meta.num_rows), int(result.get("errors", 0))
 
     def _state_fingerprint(self) -> str | None:
         try:
@@ -389,7 +394,8 @@ class PartStore:
             if errors_path is not None:
                 self._assemble_errors(markers, errors_path)
             if lay.kind == "file":
-                self._assemble_file(markers, schema)
+                counts = {"rows_in": manifest["rows_in"], "errors": manifest["errors"], "error_codes": codes}
+                self._assemble_file(markers, schema.with_metadata({**self.metadata, _RESULT_KEY: json.dumps(counts)}))
                 self.faults.crash("after_assemble")
                 self._remove_state()
                 return manifest

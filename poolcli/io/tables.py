@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from poolcli.errors import DataError
+from poolcli.errors import DataError, UsageError
 from poolcli.io.records import Block, Encoded
 from poolcli.vocab import OutputDType
 
@@ -56,7 +56,8 @@ class EmbedTableBuilder:
     def value_arrays(self, vectors: NDArray[np.float32]) -> list[tuple[str, pa.Array]]:
         return [("embedding", vector_array(vectors, self.dtype))]
 
-    def empty_schema(self) -> pa.Schema:
+    def output_fields(self) -> list[pa.Field]:
+        """The task's own columns (the kept input columns follow them)."""
         fields = [
             pa.field("id", pa.string()),
             *self.value_fields(),
@@ -65,8 +66,10 @@ class EmbedTableBuilder:
         ]
         if self.chunks:
             fields.append(pa.field("n_chunks", pa.int32()))
-        fields += [pa.field(c, pa.null()) for c in self.keep_columns]
-        return pa.schema(fields)
+        return fields
+
+    def empty_schema(self) -> pa.Schema:
+        return pa.schema([*self.output_fields(), *(pa.field(c, pa.null()) for c in self.keep_columns)])
 
     def table(
         self,
@@ -348,6 +351,16 @@ def _id_array(values: list[Any], kind: str) -> pa.Array:
     return pa.array([v if v is None or isinstance(v, str) else str(v) for v in values], type=pa.string())
 
 
+def check_keep_columns(keep_columns: Sequence[str], output_fields: Sequence[pa.Field]) -> None:
+    """A kept input column may not take the name of one of the task's own columns (the file would have two)."""
+    clash = sorted({f.name for f in output_fields} & set(keep_columns))
+    if clash:
+        raise UsageError(
+            f"--keep-columns cannot include this command's output column names: {', '.join(clash)}",
+            hint="rename the input column",
+        )
+
+
 def _id_field(name: str, kind: str) -> pa.Field:
     return pa.field(name, pa.int64() if kind == "int64" else pa.string())
 
@@ -385,12 +398,15 @@ class ScoreTableBuilder:
             names.append(c)
         return pa.Table.from_arrays(arrays, names=names)
 
-    def empty_schema(self) -> pa.Schema:
+    def output_fields(self) -> list[pa.Field]:
         fields = [_id_field("id", self.id_kind)]
         if self.pair_kind is not None:
             fields += [_id_field("id_1", self.pair_kind), _id_field("id_2", self.pair_kind)]
         fields.append(pa.field("score", pa.float32()))
-        return pa.schema(fields)
+        return fields
+
+    def empty_schema(self) -> pa.Schema:
+        return pa.schema([*self.output_fields(), *(pa.field(c, pa.null()) for c in self.keep_columns)])
 
 
 class RerankTableBuilder:

@@ -145,6 +145,32 @@ def test_same_checks_and_messages_as_the_cli(tmp_path: Path, tiny_bert: Path) ->
         poolcli.embed("not a list", model=str(tiny_bert))
 
 
+def test_options_that_do_not_apply_to_the_task_are_refused(tiny_bert: Path, tiny_ce: Path) -> None:
+    m = poolcli.load(str(tiny_bert))
+    for option in ({"skip_special_tokens": True}, {"top_k": 3}, {"colbert_role": "query"}, {"overwrite": True}):
+        with pytest.raises(
+            UsageError, match=f"embed takes no option {next(iter(option))} \\(not an option of embed\\)"
+        ):
+            m.embed(["x"], **option)
+    with pytest.raises(UsageError, match="score takes no option truncation_side"):
+        poolcli.load(str(tiny_ce)).score([("a", "b")], truncation_side="left")
+    with pytest.raises(UsageError, match="takes no option top_k"):
+        poolcli.run_file("embed", "in.jsonl", model=str(tiny_bert), top_k=3)
+    assert m.embed(["x"], quiet=True, prompt="q: ").shape == (1, 32)
+
+
+def test_each_tasks_options_are_its_commands_flags() -> None:
+    import importlib
+    import inspect
+
+    from poolcli.request import TASK_FIELDS, Request
+
+    for task, allowed in TASK_FIELDS.items():
+        command = getattr(importlib.import_module(f"poolcli.commands.{task}"), task)
+        flags = set(inspect.signature(command).parameters) & set(Request.__struct_fields__)
+        assert flags == allowed, task
+
+
 def test_nothing_is_written_to_disk(tmp_path: Path, tiny_bert: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     before = sorted(os.listdir(tmp_path))
@@ -170,6 +196,9 @@ def test_run_file_is_the_cli_run(tmp_path: Path, tiny_bert: Path) -> None:
     assert [(e["id"], e["code"]) for e in errors] == [("r5", "EMPTY_TEXT")]
     again = poolcli.run_file("embed", str(src), str(by_api), model=str(tiny_bert), part_rows=2, window_rows=2)
     assert again["status"] == "already complete"
+    # A no-op rerun still reports the run's error rows and their file (cron jobs check `errors`).
+    assert again["rows_out"] == len(TEXTS) and again["errors"] == 1
+    assert again["errors_file"] == str(tmp_path / "api.errors.jsonl")
     with pytest.raises(ConfigError):  # a different command on the same output: the fingerprint guard
         poolcli.run_file("embed", str(src), str(by_api), model=str(tiny_bert), normalize=False)
     with pytest.raises(DataError) as stopped:

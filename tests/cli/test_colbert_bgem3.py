@@ -188,6 +188,30 @@ def test_colbert_scores_are_maxsim_of_query_and_document_encodings(
     assert list(scores) == sorted(scores, reverse=True)
 
 
+def test_colbert_too_long_names_the_roles_length_and_roles_refuse_chunking(tmp_path: Path, pylate: Path) -> None:
+    long = " ".join(["hello world"] * 12)
+    src = write_jsonl(tmp_path / "p.jsonl", [{"query": long, "document": "hello"}, {"query": "hi", "document": long}])
+    out = tmp_path / "s.parquet"
+    proc = run_cli("score", src, "-m", pylate, "-o", out, "--on-too-long", "error")
+    assert proc.returncode == 0, proc.stderr
+    errors = [json.loads(line) for line in (tmp_path / "s.errors.jsonl").read_text().splitlines()]
+    assert [e["message"] for e in errors] == [
+        "the query is longer than 12 tokens",  # the checkpoint's query_length, not the model's 127
+        "the document is longer than 20 tokens",
+    ]
+    texts = write_jsonl(tmp_path / "t.jsonl", [{"text": long}])
+    proc = run_cli("token-embed", texts, "-m", pylate, "--colbert-role", "document", "--on-too-long", "error",
+                   "-o", tmp_path / "t.parquet")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (error,) = [json.loads(line) for line in (tmp_path / "t.errors.jsonl").read_text().splitlines()]
+    assert error["message"] == "text is longer than 20 tokens (--on-too-long error)"
+    for extra in (("--on-too-long", "chunk"), ("--max-embed-len", "50")):
+        proc = run_cli(
+            "token-embed", texts, "-m", pylate, "--colbert-role", "query", *extra, "-o", tmp_path / "c.parquet"
+        )
+        assert proc.returncode == 64 and "fixed length" in proc.stderr, proc.stderr
+
+
 def test_colbert_checkpoint_without_its_projection_is_refused(tmp_path: Path) -> None:
     """The regression: an HF_ColBERT checkpoint used to load without its `linear` and score CLS cosines."""
     broken = models.build_colbert_stanford(tmp_path / "no-linear", metadata=STANFORD_META, with_projection=False)

@@ -179,3 +179,31 @@ def test_stop_with_stdin_still_open_exits_cleanly(tmp_path: Path) -> None:
     assert time.monotonic() - started < 120
     rows = [json.loads(line) for line in errs.read_text().splitlines()]
     assert [(r["row"], r["code"]) for r in rows] == [(0, "EMPTY_TEXT")]
+
+
+@pytest.mark.parametrize(
+    ("command", "column", "extra"),
+    [
+        ("embed", "embedding", ()),
+        ("embed", "n_chunks", ("--on-too-long", "chunk")),
+        ("token-embed", "token_ids", ()),
+        ("classify", "probs", ()),
+        ("token-classify", "offsets", ("--offsets",)),
+        ("score", "score", ()),
+    ],
+)
+def test_keep_columns_cannot_take_an_output_columns_name(
+    tmp_path: Path, tiny_bert: Path, tiny_classifier: Path, ner: Path, command: str, column: str, extra: tuple[str, ...]
+) -> None:
+    model = {"classify": tiny_classifier, "token-classify": ner}.get(command, tiny_bert)
+    row = {"text": "a cat", column: "from the input"}
+    if command == "score":
+        row = {"text_1": "a cat", "text_2": "a dog", column: 1}
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps(row) + "\n")
+    for out in (tmp_path / "o.parquet", "-"):
+        proc = run_cli(command, src, "-m", model, "-o", out, "--keep-columns", column, *extra)
+        assert proc.returncode == 64, proc.stderr
+        assert f"--keep-columns cannot include this command's output column names: {column}" in proc.stderr
+        assert proc.stdout == ""
+    assert not (tmp_path / "o.parquet").exists()

@@ -148,6 +148,60 @@ def test_max_embed_len_boundaries_chunked_or_not(tmp_path: Path, tiny_bert: Path
     assert summary_of(proc)["errors"] == 1 and summary_of(proc)["chunked_rows"] == 2
 
 
+def test_max_embed_len_below_the_model_limit_refuses_texts_that_would_fit(tmp_path: Path, tiny_bert: Path) -> None:
+    # The model takes 16 tokens; max_embed_len 8 still makes every text over 8 tokens a TOO_LONG row.
+    texts = [_text(5), _text(6), _text(7), _text(20)]  # 7, 8, 9 and 22 tokens
+    for extra in ((), ("--on-too-long", "chunk")):
+        got = _embed(tmp_path, tiny_bert, texts, "--max-embed-len", "8", *extra, name=f"mel{len(extra)}")
+        assert got["ids"] == [0, 1]
+        assert [(e["row"], e["code"]) for e in got["errors"]] == [(2, "TOO_LONG"), (3, "TOO_LONG")]
+        assert "9 tokens, more than max_embed_len 8" in got["errors"][0]["message"]
+    src = write_jsonl(tmp_path / "tok.jsonl", [{"text": t} for t in texts])
+    proc = run_cli("token-embed", src, "-m", tiny_bert, "-o", tmp_path / "tok.parquet", *LIMIT, "--max-embed-len", "8")
+    assert proc.returncode == 0, proc.stderr
+    assert summary_of(proc)["errors"] == 2 and summary_of(proc)["rows_out"] == 2
+
+
+def test_an_explicit_on_too_long_wins_over_a_preset_and_contradicts_the_flag(tmp_path: Path, tiny_bert: Path) -> None:
+    texts = [_text(5), _text(50)]
+    got = _embed(tmp_path, tiny_bert, texts, "--config", "long-text", "--on-too-long", "error", name="explicit")
+    assert got["ids"] == [0] and [e["code"] for e in got["errors"]] == ["TOO_LONG"]
+    assert "n_chunks" not in got["table"].column_names  # nothing is chunked
+    got = _embed(tmp_path, tiny_bert, texts, "--config", "long-text", "--on-too-long", "truncate", name="trunc")
+    assert got["ids"] == [0, 1] and got["table"].column("truncated").to_pylist() == [False, True]
+    src = write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in texts])
+    bad = run_cli(
+        "embed", src, "-m", tiny_bert, "-o", tmp_path / "c.parquet", "--on-too-long", "error",
+        "--enable-chunked-processing",
+    )  # fmt: skip
+    assert bad.returncode == 64 and "contradicts --enable-chunked-processing" in bad.stderr
+    assert not (tmp_path / "c.parquet").exists()
+
+
+def test_scoring_refuses_chunking_and_max_embed_len_from_a_preset_or_pooler_config(
+    tmp_path: Path, tiny_bert: Path
+) -> None:
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"query": "cat", "document": _text(90)}])
+    for cmd, extra in (
+        ("score", ("--config", "long-text")),
+        ("rerank", ("--config", "long-text")),
+        ("score", ("--pooler-config", '{"enable_chunked_processing": true}')),
+        ("score", ("--pooler-config", '{"max_embed_len": 20}')),
+    ):
+        src = pairs
+        if cmd == "rerank":
+            src = write_jsonl(tmp_path / "rr.jsonl", [{"query": "cat", "documents": [_text(90)]}])
+        proc = run_cli(cmd, src, "-m", tiny_bert, "-o", tmp_path / "s.parquet", *extra)
+        assert proc.returncode == 64, (extra, proc.stderr)
+        assert "not to scoring" in proc.stderr and "Traceback" not in proc.stderr
+    # An explicit --on-too-long wins over a pooler config's chunking here too.
+    chunking = '{"enable_chunked_processing": true}'
+    ok = run_cli("score", pairs, "-m", tiny_bert, "-o", tmp_path / "e.parquet", "--pooler-config", chunking,
+                 "--on-too-long", "error", *LIMIT)  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert summary_of(ok)["errors"] == 1
+
+
 def test_long_text_preset_and_score_on_too_long_error(tmp_path: Path, tiny_bert: Path, tiny_ce: Path) -> None:
     got = _embed(tmp_path, tiny_bert, [_text(50)], "--config", "long-text")
     assert got["table"].column("n_chunks").to_pylist() == [4]

@@ -152,3 +152,50 @@ def test_rerank_resumes_after_a_crash_with_the_same_bytes(tiny_ce: Path, tmp_pat
         assert pq.read_table(crashed / name).equals(pq.read_table(clean / name))
     again = run_cli("rerank", src, "-m", tiny_ce, "-o", f"{crashed}/", "--part-rows", "12")
     assert summary_of(again)["status"] == "already complete"
+
+
+def test_too_long_errors_name_the_side_at_fault(tiny_ce: Path, tiny_bert: Path, tmp_path: Path) -> None:
+    long = " ".join(["hello world"] * 20)
+    rows = [
+        {"id": "q1", "query": long, "documents": ["hello", "world"]},
+        {"id": "q2", "query": "fox", "documents": ["hello", long, "world"]},
+    ]
+    src = write_jsonl(tmp_path / "rows.jsonl", rows)
+    limit = ("--truncate-prompt-tokens", "8", "--on-too-long", "error")
+
+    def run(model: Path, name: str) -> tuple[list[dict], list[dict]]:
+        out = tmp_path / f"{name}.parquet"
+        proc = run_cli("rerank", src, "-m", model, "-o", out, *limit)
+        assert proc.returncode == 0, proc.stderr
+        errors = [json.loads(line) for line in (tmp_path / f"{name}.errors.jsonl").read_text().splitlines()]
+        return pq.read_table(out).to_pylist(), errors
+
+    # Bi-encoder: a too-long query is one error row for its ranking; a too-long document names its place.
+    table, errors = run(tiny_bert, "bi")
+    assert [(r["query_id"], r["index"]) for r in table if r["query_id"] == "q2"] in (
+        [("q2", 0), ("q2", 2)],
+        [("q2", 2), ("q2", 0)],
+    )
+    assert [(e["id"], e["line"], e["message"]) for e in errors] == [
+        ("q1", 1, "the query is longer than 8 tokens"),
+        ("q2", 2, "documents[1]: the document is longer than 8 tokens"),
+    ]
+    # Cross-encoder: the pair is what is too long, once per document.
+    table, errors = run(tiny_ce, "ce")
+    assert {r["query_id"] for r in table} == {"q2"}
+    assert [(e["id"], e["message"]) for e in errors] == [
+        ("q1", "documents[0]: the pair is longer than 8 tokens"),
+        ("q1", "documents[1]: the pair is longer than 8 tokens"),
+        ("q2", "documents[1]: the pair is longer than 8 tokens"),
+    ]
+
+    # score from two files: the error row points at the file and line of the side at fault.
+    queries = write_jsonl(tmp_path / "q.jsonl", [{"text": "fox"}, {"text": long}])
+    docs = write_jsonl(tmp_path / "d.jsonl", [{"text": "hello"}, {"text": "world"}])
+    out = tmp_path / "qd.parquet"
+    proc = run_cli("score", queries, docs, "-m", tiny_bert, "-o", out, *limit)
+    assert proc.returncode == 0, proc.stderr
+    errors = [json.loads(line) for line in (tmp_path / "qd.errors.jsonl").read_text().splitlines()]
+    assert [(Path(e["source"]).name, e["line"], e["message"]) for e in errors] == [
+        ("q.jsonl", 2, "the query is longer than 8 tokens")
+    ]

@@ -131,3 +131,32 @@ def test_dimensions_errors_parts_and_summary(tmp_path: Path, tiny_bert: Path) ->
         "token-embed", src, "-m", tiny_bert, "-o", tmp_path / "x.parquet", "--pooler-config", '{"pooling_type": "CLS"}'
     )
     assert bad.returncode == 64 and "ALL pooling" in bad.stderr
+
+
+def test_values_past_float16_are_their_own_error_not_a_nan(tmp_path: Path, tiny_bert: Path) -> None:
+    import shutil
+
+    import torch
+    from transformers import AutoModel
+
+    big = tmp_path / "big"
+    shutil.copytree(tiny_bert, big)
+    model = AutoModel.from_pretrained(str(big))
+    with torch.no_grad():
+        model.encoder.layer[-1].output.LayerNorm.weight.mul_(1e5)  # finite float32 outputs far past 65504
+    model.save_pretrained(str(big))
+    src = write_jsonl(tmp_path / "in.jsonl", [{"text": "a cat"}, {"text": "the dog"}])
+    out = tmp_path / "half.parquet"
+    proc = run_cli("token-embed", src, "-m", big, "--no-normalize", "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "RuntimeWarning" not in proc.stderr
+    errors = [json.loads(line) for line in (tmp_path / "half.errors.jsonl").read_text().splitlines()]
+    assert [e["code"] for e in errors] == ["NONFINITE_OUTPUT"] * 2
+    assert "past the range of float16; --output-dtype float32 keeps them" in errors[0]["message"]
+    wide = tmp_path / "wide.parquet"
+    proc = run_cli("token-embed", src, "-m", big, "--no-normalize", "--output-dtype", "float32", "-o", wide)
+    assert proc.returncode == 0 and pq.read_table(wide).num_rows == 2
+    vectors = np.concatenate(
+        [np.asarray(v, dtype=np.float32) for v in pq.read_table(wide).column("embeddings").to_pylist()]
+    )
+    assert np.isfinite(vectors).all() and np.abs(vectors).max() > 65504

@@ -151,3 +151,27 @@ def test_stop_is_checked_between_batches() -> None:
     with pytest.raises(KeyboardInterrupt):
         t.run(_rows([2, 2, 2]), [0, 1, 2], fake, stop=stop)
     assert len(fake.calls) == 2
+
+
+def test_duplicate_items_are_computed_once_and_get_equal_outputs() -> None:
+    t, _ = _template(budget=6)
+    rows = [Encoded([7, 7, 7], False), Encoded([5], False), Encoded([7, 7, 7], False), Encoded([7, 7, 7], False)]
+    rows.append(Encoded([7, 7, 7], False, type_ids=[0, 0, 1]))  # same ids, other token types: not a duplicate
+    seen: list[tuple[int, int]] = []
+    fake = FakeForward(nan_ids={5}, nan_fp32=True)
+    values, failed = t.run(rows, list(range(5)), fake, on_batch=lambda r, n: seen.append((r, n)))
+    assert sorted(len(batch) for batch, _ in fake.calls if batch) == [1, 1, 2]  # [7]x3 twice, then [5] (NaN)
+    assert values[0] is not None and values[2] is not None and values[3] is not None
+    assert values[0].tolist() == values[2].tolist() == values[3].tolist() == [7.0, 3.0]
+    values[2][0] = -1.0  # each row owns its arrays
+    assert values[0][0] == 7.0 and values[3][0] == 7.0
+    assert failed == {1: ("NONFINITE_OUTPUT", "the model produced NaN or Inf for this row, also in float32 alone")}
+    assert t.stats.duplicates == 2
+    # Progress still counts every row and its tokens.
+    assert sum(r for r, _ in seen) == 5 and sum(n for _, n in seen) == 3 * 4 + 1
+
+
+def test_a_failed_item_fails_its_duplicates_too() -> None:
+    t, _ = _template()
+    values, failed = t.run(_rows([3]) + _rows([3]), [0, 1], FakeForward(nan_ids={1}, nan_fp32=True))
+    assert set(failed) == {0, 1} and values == [None, None]
