@@ -6,6 +6,7 @@
     m = poolcli.load("./my-model", device="cpu")          # load once, call many times
     m.embed(texts, dimensions=256), m.classify(texts), m.score(pairs), m.rerank(query, documents)
     poolcli.run_file("embed", "in.jsonl", "out.parquet")  # what `poolcli embed` runs: parts, resume, error file
+    ds = poolcli.map_dataset(ds, "embed", num_workers=4)  # a stage of your own Ray Data pipeline
 
 Heavy libraries (torch, transformers, pyarrow) are imported on first use, so importing poolcli is instant.
 """
@@ -23,6 +24,7 @@ __all__ = [
     "classify",
     "embed",
     "load",
+    "map_dataset",
     "rerank",
     "run_file",
     "score",
@@ -43,9 +45,14 @@ if TYPE_CHECKING:
         token_classify,
         token_embed,
     )
+    from poolcli.drivers.ray_stage import map_dataset
 
 
 def __getattr__(name: str) -> Any:
+    if name == "map_dataset":
+        from poolcli.drivers.ray_stage import map_dataset
+
+        return map_dataset
     if name in __all__ and name != "__version__":
         from poolcli.drivers import api
 

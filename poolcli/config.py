@@ -23,6 +23,7 @@ from poolcli.vocab import (
     TOK_POOLING_TYPES,
     ColbertRole,
     Convert,
+    DriverKind,
     DType,
     EmbedOutput,
     OnTooLong,
@@ -377,3 +378,23 @@ class DriverConfig(msgspec.Struct, frozen=True, kw_only=True):
     """None: show progress when stderr is a terminal."""
     verbose: bool = False
     seed: int = 0
+    engine: DriverKind = "local"
+    """Who computes the parts: this process, or an actor pool on a Ray cluster (`ray`)."""
+    ray: RayConfig | None = None
+    """The cluster and its actors, with engine "ray"."""
+
+
+class RayConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """--engine ray: where the cluster is and how the work is spread over it."""
+
+    address: str | None = None
+    """A cluster to join (`ray://...` or `host:port`); None: RAY_ADDRESS, else a local cluster started for the run."""
+    num_workers: int = 1
+    """Actors in the pool, each holding one engine (one model copy)."""
+    cpus_per_worker: float = 1.0
+    """CPUs reserved per actor; its torch threads (unless --threads says otherwise)."""
+    gpus_per_worker: float = 0.0
+    """GPUs per actor (a fraction shares a GPU between actors)."""
+    batch_rows: int = 16384
+    """Input rows per Ray task, each committed as one part (score: pairs; rerank: pairs, whole queries). Smaller than
+    the local driver's parts so that a modest input still spreads over the pool and a lost worker costs little."""

@@ -24,6 +24,7 @@ from poolcli.config import (
     PlanOptions,
     PoolerConfig,
     Preset,
+    RayConfig,
     ScoreOptions,
     TaskOptions,
     TokenClassifyOptions,
@@ -98,6 +99,13 @@ class Request(msgspec.Struct, kw_only=True):
     verbose: bool = False
     seed: int = 0
     threads: int | None = None
+    # distributed runs
+    engine: str = "local"
+    ray_address: str | None = None
+    num_workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    batch_rows: int | None = None
     # classify
     top_k: int = 0
     threshold: float = 0.5
@@ -161,6 +169,12 @@ RUN_FIELDS = frozenset(
         "progress",
         "verbose",
         "seed",
+        "engine",
+        "ray_address",
+        "num_workers",
+        "cpus_per_worker",
+        "gpus_per_worker",
+        "batch_rows",
     }
 )
 """What a run over files takes (the command line and `run_file`)."""
@@ -307,8 +321,38 @@ def build(req: Request) -> Configs:
             progress=req.progress,
             verbose=req.verbose,
             seed=req.seed,
+            engine=req.engine,
+            ray=_ray_config(req),
         )
     return Configs(engine, plan, task_options(req), driver)
+
+
+def _ray_config(req: Request) -> RayConfig | None:
+    """The cluster options, which only --engine ray takes."""
+    defaults = Request(task=req.task)
+    given = [
+        f"--{name.replace('_', '-')}"
+        for name in ("ray_address", "num_workers", "cpus_per_worker", "gpus_per_worker", "batch_rows")
+        if getattr(req, name) != getattr(defaults, name)
+    ]
+    if req.engine != "ray":
+        if given:
+            raise UsageError(f"{', '.join(given)} apply to --engine ray")
+        return None
+    if req.num_workers < 1:
+        raise UsageError(f"--num-workers must be at least 1, got {req.num_workers}")
+    if req.cpus_per_worker <= 0 or req.gpus_per_worker < 0:
+        raise UsageError("--cpus-per-worker must be positive and --gpus-per-worker not negative")
+    if req.batch_rows is not None and req.batch_rows < 1:
+        raise UsageError(f"--batch-rows must be at least 1, got {req.batch_rows}")
+    return _convert(
+        RayConfig,
+        address=req.ray_address,
+        num_workers=req.num_workers,
+        cpus_per_worker=req.cpus_per_worker,
+        gpus_per_worker=req.gpus_per_worker,
+        **({"batch_rows": req.batch_rows} if req.batch_rows is not None else {}),
+    )
 
 
 def task_options(req: Request) -> TaskOptions:

@@ -45,6 +45,10 @@ Activation = Literal["sigmoid", "softmax", "identity", "relu"]
 
 # What `embed` writes for a BGE-M3 model: the dense vector, the sparse lexical weights, the colbert vectors.
 EmbedOutput = Literal["dense", "sparse", "colbert"]
+"""embed --outputs on BGE-M3."""
+
+DriverKind = Literal["local", "ray"]
+"""--engine: this process, or actors on a Ray cluster."""
 
 # How a causal LM's token logits become classifier logits (vLLM's `method`).
 FromTokenMethod = Literal["from_2_way_softmax", "no_post_processing"]

@@ -239,3 +239,23 @@ def st_model_factory(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path):
         return shared_model(tmp_path_factory, f"st-{name}", lambda p: models.build_st(p, tiny_bert, **kwargs))
 
     return make
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`--dist loadgroup` for pytest >= 9: pytest-xdist 3.8 tags a grouped test by assigning `item._nodeid`, which
+    pytest 9 no longer reads (the node id lives in `item._id`), so every group is silently ignored. Tag them here
+    the way xdist's scheduler expects (`nodeid@group`); a later xdist that does it itself is left alone. The Ray
+    tests need it: one local cluster per test run, in one worker. They go first: the longest group starts at once
+    while the other worker takes the rest."""
+    items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)
+    if not getattr(config.option, "loadgroup", False):
+        return
+    for item in items:
+        names = sorted(
+            {str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in item.iter_markers("xdist_group")}
+        )
+        if names and "@" not in item.nodeid.rsplit("]", 1)[-1].rsplit("::", 1)[-1]:
+            from _pytest.nodeid import coerce_node_id
+
+            item._id = coerce_node_id(f"{item.nodeid}@{'_'.join(names)}")

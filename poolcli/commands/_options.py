@@ -10,6 +10,7 @@ from poolcli.vocab import (
     POOLING_TYPES,
     ColbertRole,
     Convert,
+    DriverKind,
     DType,
     OnTooLong,
     OutputDType,
@@ -317,5 +318,46 @@ Instruction = Annotated[
         "--instruction",
         help="The {instruction} of a reranker prompt template (e.g. the qwen3-reranker preset).",
         rich_help_panel=_SCORE,
+    ),
+]
+
+_RAY = "Distributed (Ray)"
+EngineOpt = Annotated[
+    DriverKind,
+    typer.Option(
+        "--engine",
+        help="local: this process. ray: an actor pool on a Ray cluster (pip install 'poolcli\\[ray]'), each actor one "
+        "engine; each input block is committed as one part, exactly once, and a rerun resumes.",
+        rich_help_panel=_RAY,
+    ),
+]
+RayAddress = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address",
+        help="The cluster to join (host:port or ray://host:port). Default: RAY_ADDRESS, else a local cluster.",
+        rich_help_panel=_RAY,
+        show_default=False,
+    ),
+]
+NumWorkers = Annotated[
+    int, typer.Option("--num-workers", help="Actors in the pool (one model copy each).", rich_help_panel=_RAY)
+]
+CpusPerWorker = Annotated[
+    float,
+    typer.Option("--cpus-per-worker", help="CPUs per actor, and its torch threads.", rich_help_panel=_RAY),
+]
+GpusPerWorker = Annotated[
+    float,
+    typer.Option("--gpus-per-worker", help="GPUs per actor (0.5: two actors share a GPU).", rich_help_panel=_RAY),
+]
+BatchRows = Annotated[
+    int | None,
+    typer.Option(
+        "--batch-rows",
+        help="Input rows per Ray task, each committed as one part (it replaces --part-rows). Score: pairs; "
+        "rerank: pairs, whole queries. Default: 16384.",
+        rich_help_panel=_RAY,
+        show_default=False,
     ),
 ]

@@ -59,6 +59,12 @@ def classify(
     verbose: o.Verbose = False,
     seed: o.Seed = 0,
     threads: o.Threads = None,
+    engine: o.EngineOpt = "local",
+    ray_address: o.RayAddress = None,
+    num_workers: o.NumWorkers = 1,
+    cpus_per_worker: o.CpusPerWorker = 1.0,
+    gpus_per_worker: o.GpusPerWorker = 0.0,
+    batch_rows: o.BatchRows = None,
 ) -> None:
     """Classify every row: label (id2label), score (its probability) and probs (every class), as Parquet."""
     from poolcli.commands._run import execute

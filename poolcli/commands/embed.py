@@ -68,6 +68,12 @@ def embed(
     verbose: o.Verbose = False,
     seed: o.Seed = 0,
     threads: o.Threads = None,
+    engine: o.EngineOpt = "local",
+    ray_address: o.RayAddress = None,
+    num_workers: o.NumWorkers = 1,
+    cpus_per_worker: o.CpusPerWorker = 1.0,
+    gpus_per_worker: o.GpusPerWorker = 0.0,
+    batch_rows: o.BatchRows = None,
 ) -> None:
     """Embed every row's text: one vector per row, written as Parquet (fixed_size_list<float32>)."""
     from poolcli.commands._run import execute

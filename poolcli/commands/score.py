@@ -64,6 +64,12 @@ def score(
     verbose: o.Verbose = False,
     seed: o.Seed = 0,
     threads: o.Threads = None,
+    engine: o.EngineOpt = "local",
+    ray_address: o.RayAddress = None,
+    num_workers: o.NumWorkers = 1,
+    cpus_per_worker: o.CpusPerWorker = 1.0,
+    gpus_per_worker: o.GpusPerWorker = 0.0,
+    batch_rows: o.BatchRows = None,
 ) -> None:
     """Score pairs: a cross-encoder's relevance, a bi-encoder's cosine, or late-interaction MaxSim."""
     from poolcli.commands._run import execute

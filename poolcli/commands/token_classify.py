@@ -84,6 +84,12 @@ def token_classify(
     verbose: o.Verbose = False,
     seed: o.Seed = 0,
     threads: o.Threads = None,
+    engine: o.EngineOpt = "local",
+    ray_address: o.RayAddress = None,
+    num_workers: o.NumWorkers = 1,
+    cpus_per_worker: o.CpusPerWorker = 1.0,
+    gpus_per_worker: o.GpusPerWorker = 0.0,
+    batch_rows: o.BatchRows = None,
 ) -> None:
     """Per-token outputs: token_ids and probs per token (NER, per-token rewards), or per step tag (STEP)."""
     from poolcli.commands._run import execute

@@ -67,6 +67,12 @@ def token_embed(
     verbose: o.Verbose = False,
     seed: o.Seed = 0,
     threads: o.Threads = None,
+    engine: o.EngineOpt = "local",
+    ray_address: o.RayAddress = None,
+    num_workers: o.NumWorkers = 1,
+    cpus_per_worker: o.CpusPerWorker = 1.0,
+    gpus_per_worker: o.GpusPerWorker = 0.0,
+    batch_rows: o.BatchRows = None,
 ) -> None:
     """One vector per token of every row: token_ids and embeddings (float16 by default), as Parquet."""
     from poolcli.commands._run import execute

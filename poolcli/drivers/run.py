@@ -77,6 +77,11 @@ def run_file_request(
         from poolcli.console import print_info
 
         engine.info = print_info
+    if driver.engine == "ray":
+        from poolcli.drivers.ray import run_ray
+
+        progress = make_progress(f"{req.task} {model.name}", driver) if make_progress is not None else NullProgress()
+        return run_ray(req, engine, sources, job, driver, progress, faults)
     feed: Feed
     if job is not None:
         from poolcli.engine.score import ScoreEngine

@@ -227,5 +227,7 @@ def _pair_error(job: PairJob, pair: Pair, *, rerank: bool, query_id: Any = None)
         if row.error is not None or row.text is None:
             e = row.error or ErrorRow(row.id, row.source, "MISSING_FIELD", "text is missing", row.line, row.row)
             out_id = query_id if rerank else pair.id
+            if rerank and side == "document" and pair.index is not None:
+                side = f"documents[{pair.index}]"  # which of the query's documents, as model failures say
             return ErrorRow(out_id, e.source, e.code, f"{side}: {e.message}", e.line, e.row)
     return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 from collections.abc import Callable, Iterator
 from typing import IO, TYPE_CHECKING, Any
@@ -39,13 +40,26 @@ def columns_needed(spec: InputSpec, names: list[str], source: str) -> list[str]:
     return needed
 
 
-def parquet_rows(files: list[str], spec: InputSpec, sink: RowSink, done: Callable[[int], None]) -> Iterator[None]:
-    """Parquet files row group by row group: a damaged row group is a data error naming the file and group."""
+def parquet_rows(
+    files: list[str],
+    spec: InputSpec,
+    sink: RowSink,
+    done: Callable[[int], None],
+    *,
+    first_row: int = 0,
+    skip: int = 0,
+    stop: int | None = None,
+) -> Iterator[None]:
+    """Parquet files row group by row group: a damaged row group is a data error naming the file and group.
+
+    A span (one file) starts `skip` rows into it, numbered from `first_row`, and ends before row number `stop`."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     sink.id_field = spec.id_field
-    row = 0
+    row = first_row
+    if row == stop:
+        return
     for path in files:
         with open_input(path) as fh:
             try:
@@ -53,7 +67,12 @@ def parquet_rows(files: list[str], spec: InputSpec, sink: RowSink, done: Callabl
             except (OSError, ValueError, pa.ArrowException) as exc:
                 raise DataError(first_line(f"{path}: not a readable Parquet file ({exc})")) from None
             cols = columns_needed(spec, pf.schema_arrow.names, path)
+            to_skip = skip
             for rg in range(pf.num_row_groups):
+                in_group = pf.metadata.row_group(rg).num_rows
+                if to_skip >= in_group:
+                    to_skip -= in_group
+                    continue
                 batches = pf.iter_batches(batch_size=8192, row_groups=[rg], columns=cols)
                 while True:
                     try:
@@ -65,6 +84,9 @@ def parquet_rows(files: list[str], spec: InputSpec, sink: RowSink, done: Callabl
                             first_line(f"{path}: row group {rg} cannot be read ({exc})"),
                             hint="the file is damaged; the rows before it are committed",
                         ) from None
+                    if to_skip:
+                        cut = min(to_skip, batch.num_rows)
+                        batch, to_skip = batch.slice(cut), to_skip - cut
                     data = {name: column_values(batch.column(name)) for name in cols}
                     texts = data[spec.text_field]
                     ids = data[spec.id_field] if spec.id_field is not None else None
@@ -72,19 +94,27 @@ def parquet_rows(files: list[str], spec: InputSpec, sink: RowSink, done: Callabl
                         keep = {c: data[c][i] for c in spec.keep_columns}
                         sink.add(row, ids[i] if ids is not None else None, texts[i], keep, path, None)
                         row += 1
-                        done(row)
+                        done(row - first_row)
                         yield
+                        if row == stop:
+                            return
 
 
 def csv_rows(
-    files: list[str], fmt: InputFormat, spec: InputSpec, sink: RowSink, done: Callable[[int], None]
+    files: list[str],
+    fmt: InputFormat,
+    spec: InputSpec,
+    sink: RowSink,
+    done: Callable[[int], None],
+    *,
+    first_row: int = 0,
 ) -> Iterator[None]:
     """CSV (RFC 4180 quoting, newlines inside quoted values) or TSV (no quoting: a row ends at the newline).
 
     Every record after the header is one row, whatever is wrong with it; values are strings, and one that is
     not valid UTF-8 costs only its row."""
     sink.id_field = spec.id_field
-    row = 0
+    row = first_row
     for path in files:
         with open_binary(path) as (stream, position):
             records = csv_records(stream, fmt)
@@ -152,7 +182,9 @@ def csv_records(stream: IO[bytes], fmt: InputFormat) -> Iterator[tuple[int, int,
                 fields[0] = fields[0].removeprefix("\ufeff")
             yield line, reader.line_num, fields, problem
     finally:
-        text.detach()  # the caller owns the byte stream
+        # The caller owns the byte stream (and may have closed it already, having stopped reading early).
+        with contextlib.suppress(ValueError):
+            text.detach()
 
 
 def csv_header(path: str, fmt: InputFormat) -> list[str]:

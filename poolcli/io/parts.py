@@ -166,6 +166,24 @@ class PartStore:
         """Error files a fresh run must remove before it commits anything (set by the caller)."""
         self.metadata = {b"poolcli": msgspec.json.encode({**identity, "fingerprint": fingerprint})}
         """The Parquet key-value metadata of every file written: the run's identity and fingerprint."""
+        self.tag = ""
+        """Prefix of this writer's staged file names (a distributed worker's own, so that two attempts at the
+        same part never write the same staged file)."""
+
+    @classmethod
+    def worker(
+        cls, layout: Layout, fingerprint: str, identity: dict[str, Any], tag: str, faults: Faults = NO_FAULTS
+    ) -> PartStore:
+        """A store that only commits parts, for a distributed worker: the driver holds the lock, opened the
+        state, and does the job commit. Parts are deterministic, so a retried part rewrites the same bytes."""
+        store = cls(layout, fingerprint, identity, faults)
+        store.tag = f".{tag}."
+        layout.staging.mkdir(parents=True, exist_ok=True)
+        return store
+
+    def reload(self) -> None:
+        """Load the done-markers again (workers committed parts behind this store's back)."""
+        self.done = self._load_markers()
 
     # -- start ---------------------------------------------------------------------------------------------
 
@@ -504,7 +522,7 @@ class PartWriter:
         """The column whose values must be finite (vectors or scores)."""
         self.k = k
         self.first_row = first_row
-        self.staged = store.layout.staging / part_file(k)
+        self.staged = store.layout.staging / f"{store.tag}{part_file(k)}"
         self.writer: pq.ParquetWriter | None = None
         self.ids: list[Any] = []
         self.errors: list[ErrorRow] = []
@@ -555,7 +573,7 @@ class PartWriter:
         k = self.k
         part_final = lay.parts / part_file(k)
         errs_final = lay.errors / _errors_file(k)
-        errs_staged = lay.staging / _errors_file(k)
+        errs_staged = lay.staging / f"{store.tag}{_errors_file(k)}"
         try:
             sha_part = None
             if self.writer is not None:
@@ -616,7 +634,9 @@ class PartWriter:
     def _write_marker(self, marker: PartMarker) -> None:
         lay = self.store.layout
         self.store.fs.write_bytes(
-            lay.staging / _marker_file(marker.part), lay.markers / _marker_file(marker.part), _ENCODER.encode(marker)
+            lay.staging / f"{self.store.tag}{_marker_file(marker.part)}",
+            lay.markers / _marker_file(marker.part),
+            _ENCODER.encode(marker),
         )
 
     def _validate(self) -> None:

@@ -147,12 +147,13 @@ class RowSink:
         return block
 
 
-def numbered_lines(stream: IO[bytes], source: str) -> Iterator[tuple[int, bytes]]:
-    """Numbered lines; a UTF-8 byte-order mark before the first is dropped, and a corrupt or truncated
-    compressed stream is a one-line data error naming the file and line."""
-    line_no = 0
+def numbered_lines(stream: IO[bytes], source: str, *, start: int = 1) -> Iterator[tuple[int, bytes]]:
+    """Numbered lines (the first is number `start`: a span read from the middle of a file); a UTF-8 byte-order mark
+    before a file's first line is dropped, and a corrupt or truncated compressed stream is a one-line data error
+    naming the file and line."""
+    line_no = start - 1
     try:
-        for line_no, raw in enumerate(stream, start=1):
+        for line_no, raw in enumerate(stream, start=start):
             yield line_no, (raw.removeprefix(b"\xef\xbb\xbf") if line_no == 1 else raw)
     except (EOFError, OSError, zlib.error) as exc:
         raise DataError(f"{source}: cannot read past line {line_no}: {exc}") from None

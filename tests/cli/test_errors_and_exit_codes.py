@@ -207,3 +207,36 @@ def test_keep_columns_cannot_take_an_output_columns_name(
         assert f"--keep-columns cannot include this command's output column names: {column}" in proc.stderr
         assert proc.stdout == ""
     assert not (tmp_path / "o.parquet").exists()
+
+
+def test_ray_options_are_checked_before_ray_is_needed(
+    one_row: Path, tmp_path: Path, tiny_bert: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "o.parquet"
+    line = _one_line_error(run_cli("embed", one_row, "-m", tiny_bert, "-o", out, "--num-workers", "2"), 64)
+    assert "--num-workers" in line and "--engine ray" in line
+    line = _one_line_error(run_cli("embed", one_row, "-m", tiny_bert, "-o", "-", "--engine", "ray"), 64)
+    assert "-o -" in line
+    line = _one_line_error(
+        run_cli(
+            "embed",
+            one_row,
+            "-m",
+            tiny_bert,
+            "-o",
+            out,
+            "--engine",
+            "ray",
+            "--batch-rows",
+            "100",
+            "--window-rows",
+            "64",
+        ),
+        64,
+    )
+    assert "multiple" in line
+    # Without Ray installed: the install command, before anything is written.
+    monkeypatch.setitem(__import__("sys").modules, "ray", None)
+    line = _one_line_error(run_cli("embed", one_row, "-m", tiny_bert, "-o", out, "--engine", "ray"), 64)
+    assert "pip install 'poolcli[ray]'" in line
+    assert not out.exists()

@@ -113,6 +113,7 @@ def test_empty_query_costs_only_its_pairs(tiny_ce: Path, tmp_path: Path) -> None
     assert [r["index"] for r in table if r["query_id"] == 3] == [1]
     errors = [json.loads(line) for line in (tmp_path / "r.errors.jsonl").read_text().splitlines()]
     assert [(e["id"], e["code"]) for e in errors] == [(2, "EMPTY_TEXT"), (3, "EMPTY_TEXT"), (4, "WRONG_TYPE")]
+    assert errors[1]["message"].startswith("documents[0]: ")  # which of the query's documents
 
 
 def test_bi_encoder_rerank_and_stdout(tmp_path: Path) -> None:

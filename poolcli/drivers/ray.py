@@ -1,0 +1,388 @@
+"""The Ray driver: the same task engines on an actor pool of a Ray cluster, every row exactly once.
+
+`--engine ray` plans the input into deterministic units on the driver (row tasks: spans of the input files,
+`poolcli.io.spans`; score/rerank: stretches of the pair job, which travels through the object store), and Ray Data
+maps them through an `ActorPoolStrategy` pool. Each actor builds one engine from the request (model loaded once,
+torch threads = its CPUs), reads its span itself with poolcli's readers (so a bad row costs only itself, with the
+same row numbers and ids as a local run), and commits the span as one part: staged under a name of its own,
+validated, renamed, then its done-marker (`poolcli.io.parts`). The driver holds the output's lock, checks the
+fingerprint, skips the units whose markers are valid, and does the job commit once every part is in place.
+
+Exactly once: a part's name and bytes depend only on the input and the options, so a task that Ray retries after
+its actor died rewrites the same part, and a rerun after a failed job recomputes only the parts without a valid
+marker. Ray's own retries (actors restarted, tasks resubmitted) finish a job that loses a worker.
+
+`map_dataset` is the other entry: a stage for a user's own `ray.data` pipeline (no files, no parts).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from poolcli.config import DriverConfig, RayConfig
+from poolcli.drivers.local import Outcome, Summary, check_budget, default_errors_path, output_kind, run_identity
+from poolcli.drivers.signals import StopFlag
+from poolcli.errors import ErrorBudgetExceeded, InternalError, PoolcliError, UsageError
+from poolcli.faults import NO_FAULTS, Faults
+from poolcli.io.parts import Layout, PartMarker, PartStore
+from poolcli.io.readers import Settled, Source
+from poolcli.io.rows import InputSpec
+from poolcli.io.spans import Span, plan_spans
+from poolcli.model.identity import fingerprint
+from poolcli.request import Request
+
+if TYPE_CHECKING:
+    from poolcli.console import Progress
+    from poolcli.engine.base import TaskEngine
+    from poolcli.io.pairs import PairJob
+
+INSTALL = "pip install 'poolcli[ray]'"
+
+
+class Unit(msgspec.Struct, frozen=True, kw_only=True):
+    """One part's work: a span of the input (row tasks) or units [start, stop) of a pair job."""
+
+    index: int
+    first_row: int
+    span: Span | None = None
+    start: int = 0
+    stop: int = 0
+
+
+class WorkerSetup(msgspec.Struct, frozen=True, kw_only=True):
+    """What every actor needs to build its engine and commit parts, sent once (small: no data)."""
+
+    request: Request
+    spec: InputSpec | None
+    """The input as the driver opened it (with the id column it found), for row tasks."""
+    input_format: str
+    roots: tuple[str, ...]
+    settled: Settled | None
+    schema: bytes | None
+    """The output schema the driver fixed from the input's first rows (Arrow IPC), so every part types its kept
+    columns the same way."""
+    output_kind: str
+    output: str
+    fingerprint: str
+    identity: bytes
+    window_rows: int
+    faults: Faults
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise UsageError(f"--engine ray needs Ray, which is not installed: {INSTALL}") from None
+    return ray
+
+
+def run_ray(
+    req: Request,
+    engine: TaskEngine,
+    sources: list[Source],
+    job: PairJob | None,
+    cfg: DriverConfig,
+    progress: Progress,
+    faults: Faults = NO_FAULTS,
+) -> Outcome:
+    """Run one task on a Ray cluster, from its input to its committed output; see the module docstring."""
+    started = time.monotonic()
+    ray = import_ray()
+    assert cfg.ray is not None
+    rc: RayConfig = cfg.ray
+    kind = output_kind(cfg.output)
+    if kind == "stdout":
+        raise UsageError("--engine ray writes a Parquet file or dataset directory, not -o -")
+    summary = Summary(task=cfg.task, output=cfg.output)
+    block_rows = rc.batch_rows
+    window = min(engine.config.window_rows, block_rows)
+    if block_rows % window:
+        raise UsageError(f"--batch-rows ({block_rows}) must be a multiple of --window-rows ({window})")
+    settled: Settled | None = None
+    if job is None:
+        source = sources[0]
+        settled, first = source.settle(window)
+        if first is not None:
+            from poolcli.engine.base import RowEngine
+
+            assert isinstance(engine, RowEngine)
+            engine.observe(first)  # the kept columns' types, from the first rows, as a local run fixes them
+        units = [Unit(index=s.index, first_row=s.first_row, span=s) for s in plan_spans(source, block_rows)]
+    else:
+        from poolcli.engine.score import ScoreEngine
+
+        assert isinstance(engine, ScoreEngine)
+        planned = engine.units(block_rows)
+        n, per = planned.n, planned.per_part
+        units = [
+            Unit(index=k, first_row=a, start=a, stop=min(n, a + per)) for k, a in enumerate(range(0, max(n, 1), per))
+        ]
+    if rc.gpus_per_worker > 0:
+        import torch
+
+        from poolcli.model.load import resolve_dtype
+
+        # The actors compute on their GPU: the identity records the precision they will use.
+        engine.loader.dtype = resolve_dtype(engine.config.dtype, torch.device("cuda"))
+    identity = run_identity(engine, cfg, sources) | {"part_rows": block_rows, "driver": "ray"}
+    layout = Layout.for_output(str(Path(cfg.output).absolute()) + ("/" if kind == "dir" else ""), kind)
+    digest = fingerprint(identity)
+    store = PartStore(layout, digest, identity, faults)
+    store.stale_error_files = [default_errors_path(cfg)]
+    error: PoolcliError | None = None
+    started_ray = False
+    try:
+        with StopFlag() as stop:
+            try:
+                if store.open(overwrite=cfg.overwrite):
+                    summary.status = "already complete"
+                    summary.rows_out, summary.errors = store.committed()
+                    errors_path = default_errors_path(cfg)
+                    if summary.errors and errors_path.is_file():
+                        summary.errors_file = str(errors_path)
+                else:
+                    for k in sorted(store.done):
+                        summary.add_part(store.done[k], computed=False)
+                    todo = [u for u in units if u.index not in store.done]
+                    if todo:
+                        started_ray = _connect(ray, rc)
+                        setup = _setup(req, engine, sources, settled, layout, digest, identity, window, faults, rc)
+                        job_ref = [ray.put(job)] if job is not None else None
+                        for marker in _map(ray, rc, setup, todo, job_ref):
+                            summary.add_part(marker, computed=True)
+                            progress.update(summary.rows_out, summary.tokens, summary.parts / max(1, len(units)))
+                            check_budget(cfg, summary)
+                            stop.check()
+                    check_budget(cfg, summary, final=True)
+                    store.reload()
+                    write_errors = summary.errors > 0 or cfg.errors is not None
+                    errors_path = default_errors_path(cfg)
+                    store.finish(len(units), engine.empty_schema(), errors_path if write_errors else None)
+                    summary.errors_file = str(errors_path) if write_errors else None
+            except ErrorBudgetExceeded:
+                store.reload()
+                store.finish_errors_only(default_errors_path(cfg))
+                summary.errors_file = str(default_errors_path(cfg))
+                raise
+            finally:
+                store.close()
+    except PoolcliError as exc:
+        summary.status = type(exc).__name__
+        error = exc
+    finally:
+        progress.close()
+        if started_ray:
+            ray.shutdown()
+    summary.threads = int(rc.cpus_per_worker)
+    summary.seconds = time.monotonic() - started
+    return Outcome(summary, error)
+
+
+def _connect(ray: Any, rc: RayConfig) -> bool:
+    """Join the cluster (--ray-address, RAY_ADDRESS) or start a local one; True when this run started it (and
+    so shuts it down). A process already connected (a test, a notebook) keeps its connection."""
+    if ray.is_initialized():
+        return False
+    address = rc.address or os.environ.get("RAY_ADDRESS")
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    except ConnectionError as exc:
+        raise UsageError(f"cannot reach the Ray cluster at {address}: {exc}") from None
+    return True
+
+
+def _setup(
+    req: Request,
+    engine: TaskEngine,
+    sources: list[Source],
+    settled: Settled | None,
+    layout: Layout,
+    digest: str,
+    identity: dict[str, Any],
+    window: int,
+    faults: Faults,
+    rc: RayConfig,
+) -> WorkerSetup:
+    import pyarrow as pa
+
+    threads = req.threads or max(1, int(rc.cpus_per_worker))
+    device = req.device
+    if rc.gpus_per_worker > 0 and device == "auto":
+        device = "cuda"
+    # Absolute paths: an actor's working directory is not the driver's.
+    worker_req = msgspec.structs.replace(
+        req, model=str(engine.model.root or req.model), threads=threads, device=device, quiet=True, progress=False
+    )
+    schema = None
+    if req.task not in ("score", "rerank"):
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, engine.empty_schema()):
+            pass
+        schema = sink.getvalue().to_pybytes()
+    source = sources[0]
+    return WorkerSetup(
+        request=worker_req,
+        spec=source.spec if req.task not in ("score", "rerank") else None,
+        input_format=source.format,
+        roots=source.roots,
+        settled=settled,
+        schema=schema,
+        output_kind=layout.kind,
+        output=str(layout.final),
+        fingerprint=digest,
+        identity=msgspec.json.encode(identity),
+        window_rows=window,
+        faults=faults,
+    )
+
+
+def _map(
+    ray: Any, rc: RayConfig, setup: WorkerSetup, todo: list[Unit], job_ref: list[Any] | None
+) -> Iterator[PartMarker]:
+    """The units through the actor pool, one per task; each result is the part's done-marker."""
+    from ray.data import ActorPoolStrategy
+
+    # Ray Data narrates every execution at INFO; poolcli's summary says what a user needs.
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.enable_operator_progress_bars = False
+    items = [{"unit": msgspec.json.encode(u)} for u in todo]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = ds.map_batches(
+        PartWorker,
+        batch_size=1,
+        compute=ActorPoolStrategy(size=min(rc.num_workers, len(items))),
+        num_cpus=rc.cpus_per_worker,
+        num_gpus=rc.gpus_per_worker or None,
+        fn_constructor_kwargs={"setup": msgspec.json.encode(setup), "job_ref": job_ref},
+    )
+    try:
+        for row in ds.iter_rows():
+            yield msgspec.json.decode(row["marker"], type=PartMarker)
+    except PoolcliError:
+        raise
+    except Exception as exc:
+        raise _worker_error(exc) from None
+
+
+def _worker_error(exc: BaseException) -> PoolcliError:
+    """The typed error a worker raised (Ray wraps it, maybe twice), or an internal error naming the innermost
+    exception."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    innermost = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, PoolcliError):
+            return current
+        innermost = current
+        current = getattr(current, "cause", None) or current.__cause__
+    lines = str(innermost).strip().splitlines()
+    what = f"{type(innermost).__name__}: {lines[0]}" if lines else type(innermost).__name__
+    return InternalError(f"a Ray worker failed: {what}")
+
+
+class PartWorker:
+    """A Ray Data actor: one engine, many parts."""
+
+    def __init__(self, setup: bytes, job_ref: list[Any] | None) -> None:
+        import pyarrow as pa
+
+        from poolcli.engine.tasks import build_engine
+        from poolcli.model.load import Loader
+        from poolcli.model.resolve import resolve_model
+        from poolcli.request import build
+
+        s = msgspec.json.decode(setup, type=WorkerSetup)
+        self.setup = s
+        configs = build(s.request)
+        driver = configs.driver
+        assert driver is not None
+        eng = configs.engine
+        job = None
+        if job_ref is not None:
+            import ray
+
+            job = ray.get(job_ref[0])
+        model = resolve_model(
+            eng.model, hf_overrides=eng.hf_overrides, convert=eng.convert, max_model_len=eng.max_model_len
+        )
+        loader = Loader(model, device=eng.device, dtype=eng.dtype, trust_remote_code=eng.trust_remote_code)
+        self.engine = build_engine(
+            s.request.task,
+            model,
+            loader,
+            eng,
+            configs.plan,
+            configs.options,
+            keep_columns=driver.keep_columns,
+            job=job,
+            faults=s.faults,
+        )
+        if s.schema is not None:
+            from poolcli.engine.base import RowEngine
+
+            assert isinstance(self.engine, RowEngine)
+            self.engine.builder.schema = pa.ipc.open_stream(s.schema).schema
+        self.engine.load()
+        layout = Layout.for_output(s.output + ("/" if s.output_kind == "dir" else ""), s.output_kind)  # type: ignore[arg-type]
+        identity = msgspec.json.decode(s.identity)
+        self.store = PartStore.worker(
+            layout, s.fingerprint, identity, f"{os.getpid()}-{uuid.uuid4().hex[:8]}", s.faults
+        )
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        import numpy as np
+
+        markers = [msgspec.json.encode(self._run(msgspec.json.decode(raw, type=Unit))) for raw in batch["unit"]]
+        return {"marker": np.array(markers, dtype=object)}
+
+    def _run(self, unit: Unit) -> PartMarker:
+        engine = self.engine
+        writer = self.store.begin(
+            unit.index, unit.first_row, id_column=engine.id_column, value_column=engine.value_column
+        )
+        try:
+            if unit.span is not None:
+                from poolcli.engine.base import RowEngine
+
+                assert isinstance(engine, RowEngine)
+                assert self.setup.spec is not None
+                source = Source(self.setup.spec, self.setup.input_format, [unit.span.path], self.setup.roots)  # type: ignore[arg-type]
+                for block in source.for_span(unit.span, self.setup.settled).blocks(self.setup.window_rows):
+                    result = engine.run(block, engine.prepare(block.texts))
+                    writer.rows_in += block.n_rows
+                    self._add(writer, result)
+            else:
+                from poolcli.engine.score import ScoreEngine
+
+                assert isinstance(engine, ScoreEngine)
+                result = engine.run_units(unit.start, unit.stop)
+                writer.rows_in += unit.stop - unit.start
+                self._add(writer, result)
+            writer.batch_budget = engine.budget
+            return writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+
+    @staticmethod
+    def _add(writer: Any, result: Any) -> None:
+        if result.table is not None:
+            writer.write(result.table)
+        writer.errors.extend(result.errors)
+        writer.tokens += result.tokens
+        writer.truncated += result.truncated
+        writer.chunked_rows += result.chunked_rows
+        writer.chunks += result.chunks
