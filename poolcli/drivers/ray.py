@@ -156,6 +156,7 @@ def run_ray(
                     todo = [u for u in units if u.index not in store.done]
                     if todo:
                         started_ray = _connect(ray, rc)
+                        stop.reinstall()
                         setup = _setup(req, engine, sources, settled, layout, digest, identity, window, faults, rc)
                         job_ref = [ray.put(job)] if job is not None else None
                         for marker in _map(ray, rc, setup, todo, job_ref):

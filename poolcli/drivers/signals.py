@@ -24,6 +24,12 @@ class StopFlag:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
+    def reinstall(self) -> None:
+        """Take the signals back from a library that installed its own handlers meanwhile (Ray's start-up installs
+        native SIGTERM handlers that end the process at once, with no stop between batches)."""
+        for sig in self._previous:
+            signal.signal(sig, self._handle)
+
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)  # type: ignore[arg-type]

@@ -224,9 +224,9 @@ def test_killed_worker_loses_and_duplicates_nothing(cluster: Any, st_model_facto
     assert again["status"] == "already complete" and again["rows_computed"] == 0
 
 
-def test_killed_job_resumes_only_missing_parts(cluster: Any, st_model_factory: Any, tmp_path: Path) -> None:
-    """The driver killed mid-job (the cluster lives on, as a shared cluster does): the rerun computes only the parts
-    not committed."""
+def test_stopped_and_killed_jobs_resume_only_missing_parts(cluster: Any, st_model_factory: Any, tmp_path: Path) -> None:
+    """The driver stopped by SIGTERM (exit 143 between parts), then killed with SIGKILL (the cluster lives on, as a
+    shared cluster does): each rerun computes only the parts not committed, and the end result is the local one."""
     model = st_model_factory("mean-norm")
     src = write_jsonl(tmp_path / "in.jsonl", _rows_with_errors(256))
     local, out = tmp_path / "local", tmp_path / "ray"
@@ -234,13 +234,22 @@ def test_killed_job_resumes_only_missing_parts(cluster: Any, st_model_factory: A
     env = dict(os.environ, HF_HUB_OFFLINE="1", POOLCLI_SLOW_BATCH_SECONDS="0.15")
     env["RAY_ADDRESS"] = cluster.get_runtime_context().gcs_address
     cmd = [sys.executable, "-m", "poolcli", "embed", str(src), "-m", str(model), "-o", f"{out}/", *RAY]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.monotonic() + 180
-    while _markers(out) < 2 and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.1)
-    assert _markers(out) >= 2, proc.stderr.read().decode() if proc.stderr else ""
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.communicate()
+
+    def interrupted(sig: signal.Signals, markers: int) -> tuple[int | None, str]:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        deadline = time.monotonic() + 180
+        while _markers(out) < markers and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.communicate()[1].decode()
+        os.kill(proc.pid, sig)
+        _, err = proc.communicate(timeout=120)
+        return proc.returncode, err.decode()
+
+    code, err = interrupted(signal.SIGTERM, 2)
+    assert code == 143 and "SIGTERM received" in err, err
+    assert not (out / "_SUCCESS").exists()
+    code, err = interrupted(signal.SIGKILL, _markers(out) + 1)
+    assert code == -signal.SIGKILL
     assert not (out / "_SUCCESS").exists()
     done = _markers(out)
 
