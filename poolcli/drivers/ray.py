@@ -17,6 +17,7 @@ marker. Ray's own retries (actors restarted, tasks resubmitted) finish a job tha
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -30,7 +31,7 @@ import msgspec
 from poolcli.config import DriverConfig, RayConfig
 from poolcli.drivers.local import Outcome, Summary, check_budget, default_errors_path, output_kind, run_identity
 from poolcli.drivers.signals import StopFlag
-from poolcli.errors import ErrorBudgetExceeded, InternalError, PoolcliError, UsageError
+from poolcli.errors import ConfigError, DataError, ErrorBudgetExceeded, InternalError, PoolcliError, UsageError
 from poolcli.faults import NO_FAULTS, Faults
 from poolcli.io.parts import Layout, PartMarker, PartStore
 from poolcli.io.readers import Settled, Source
@@ -69,6 +70,9 @@ class WorkerSetup(msgspec.Struct, frozen=True, kw_only=True):
     schema: bytes | None
     """The output schema the driver fixed from the input's first rows (Arrow IPC), so every part types its kept
     columns the same way."""
+    cwd: str
+    """The driver's working directory: relative input, preset and pooler-config paths mean the same in an actor
+    (on shared storage mounted at the same path)."""
     output_kind: str
     output: str
     fingerprint: str
@@ -103,37 +107,14 @@ def run_ray(
     kind = output_kind(cfg.output)
     if kind == "stdout":
         raise UsageError("--engine ray writes a Parquet file or dataset directory, not -o -")
+    if job is None and "-" in sources[0].files:
+        raise UsageError("--engine ray cannot cut standard input into parts: give it a file")
     summary = Summary(task=cfg.task, output=cfg.output)
     block_rows = rc.batch_rows
     window = min(engine.config.window_rows, block_rows)
-    if block_rows % window:
+    if job is None and block_rows % window:
         raise UsageError(f"--batch-rows ({block_rows}) must be a multiple of --window-rows ({window})")
-    settled: Settled | None = None
-    if job is None:
-        source = sources[0]
-        settled, first = source.settle(window)
-        if first is not None:
-            from poolcli.engine.base import RowEngine
-
-            assert isinstance(engine, RowEngine)
-            engine.observe(first)  # the kept columns' types, from the first rows, as a local run fixes them
-        units = [Unit(index=s.index, first_row=s.first_row, span=s) for s in plan_spans(source, block_rows)]
-    else:
-        from poolcli.engine.score import ScoreEngine
-
-        assert isinstance(engine, ScoreEngine)
-        planned = engine.units(block_rows)
-        n, per = planned.n, planned.per_part
-        units = [
-            Unit(index=k, first_row=a, start=a, stop=min(n, a + per)) for k, a in enumerate(range(0, max(n, 1), per))
-        ]
-    if rc.gpus_per_worker > 0:
-        import torch
-
-        from poolcli.model.load import resolve_dtype
-
-        # The actors compute on their GPU: the identity records the precision they will use.
-        engine.loader.dtype = resolve_dtype(engine.config.dtype, torch.device("cuda"))
+    _fix_precision(req, engine, rc)
     identity = run_identity(engine, cfg, sources) | {"part_rows": block_rows, "driver": "ray"}
     layout = Layout.for_output(str(Path(cfg.output).absolute()) + ("/" if kind == "dir" else ""), kind)
     digest = fingerprint(identity)
@@ -151,27 +132,30 @@ def run_ray(
                     if summary.errors and errors_path.is_file():
                         summary.errors_file = str(errors_path)
                 else:
+                    # Planned only when there is work: a finished output reruns without reading its input.
+                    settled, units = _plan(engine, sources, job, block_rows, window)
                     for k in sorted(store.done):
                         summary.add_part(store.done[k], computed=False)
                     todo = [u for u in units if u.index not in store.done]
                     if todo:
                         started_ray = _connect(ray, rc)
                         stop.reinstall()
+                        _check_resources(ray, rc)
                         setup = _setup(req, engine, sources, settled, layout, digest, identity, window, faults, rc)
                         job_ref = [ray.put(job)] if job is not None else None
                         for marker in _map(ray, rc, setup, todo, job_ref):
+                            # The worker validated the part before its marker; no need to read it back here.
+                            store.done[marker.part] = marker
                             summary.add_part(marker, computed=True)
                             progress.update(summary.rows_out, summary.tokens, summary.parts / max(1, len(units)))
                             check_budget(cfg, summary)
                             stop.check()
                     check_budget(cfg, summary, final=True)
-                    store.reload()
                     write_errors = summary.errors > 0 or cfg.errors is not None
                     errors_path = default_errors_path(cfg)
                     store.finish(len(units), engine.empty_schema(), errors_path if write_errors else None)
                     summary.errors_file = str(errors_path) if write_errors else None
             except ErrorBudgetExceeded:
-                store.reload()
                 store.finish_errors_only(default_errors_path(cfg))
                 summary.errors_file = str(default_errors_path(cfg))
                 raise
@@ -184,9 +168,55 @@ def run_ray(
         progress.close()
         if started_ray:
             ray.shutdown()
-    summary.threads = int(rc.cpus_per_worker)
+    summary.threads = req.threads or max(1, int(rc.cpus_per_worker))
     summary.seconds = time.monotonic() - started
     return Outcome(summary, error)
+
+
+def _plan(
+    engine: TaskEngine, sources: list[Source], job: PairJob | None, block_rows: int, window: int
+) -> tuple[Settled | None, list[Unit]]:
+    """The units of work, in input order: spans of the input (row tasks) or stretches of the pair job."""
+    if job is None:
+        from poolcli.engine.base import RowEngine
+
+        assert isinstance(engine, RowEngine)
+        source = sources[0]
+        settled, first = source.settle(window)
+        if first is not None:
+            engine.observe(first)  # the kept columns' types, from the first rows, as a local run fixes them
+        return settled, [Unit(index=s.index, first_row=s.first_row, span=s) for s in plan_spans(source, block_rows)]
+    from poolcli.engine.score import ScoreEngine
+
+    assert isinstance(engine, ScoreEngine)
+    planned = engine.units(block_rows)
+    n, per = planned.n, planned.per_part
+    return None, [
+        Unit(index=k, first_row=a, start=a, stop=min(n, a + per)) for k, a in enumerate(range(0, max(n, 1), per))
+    ]
+
+
+def _fix_precision(req: Request, engine: TaskEngine, rc: RayConfig) -> None:
+    """The device the actors compute on decides `--device auto` and `--dtype auto`, not the driver's machine: GPU
+    actors with --gpus-per-worker, CPU actors without (an actor given no GPU must not take one). The identity then
+    records that precision; each actor checks it resolves the same (a GPU without bfloat16 would not)."""
+    import torch
+
+    from poolcli.model.load import resolve_dtype
+
+    if req.device == "auto":
+        engine.loader.dtype = resolve_dtype(
+            engine.config.dtype, torch.device("cuda" if rc.gpus_per_worker > 0 else "cpu")
+        )
+
+
+def _check_resources(ray: Any, rc: RayConfig) -> None:
+    """An actor no node can hold would wait forever in Ray's queue: refuse it instead."""
+    total = ray.cluster_resources()
+    if rc.gpus_per_worker > total.get("GPU", 0):
+        raise UsageError(f"--gpus-per-worker {rc.gpus_per_worker:g}: the Ray cluster has {total.get('GPU', 0):g} GPUs")
+    if rc.cpus_per_worker > total.get("CPU", 0):
+        raise UsageError(f"--cpus-per-worker {rc.cpus_per_worker:g}: the Ray cluster has {total.get('CPU', 0):g} CPUs")
 
 
 def _connect(ray: Any, rc: RayConfig) -> bool:
@@ -218,8 +248,8 @@ def _setup(
 
     threads = req.threads or max(1, int(rc.cpus_per_worker))
     device = req.device
-    if rc.gpus_per_worker > 0 and device == "auto":
-        device = "cuda"
+    if device == "auto":
+        device = "cuda" if rc.gpus_per_worker > 0 else "cpu"
     # Absolute paths: an actor's working directory is not the driver's.
     worker_req = msgspec.structs.replace(
         req, model=str(engine.model.root or req.model), threads=threads, device=device, quiet=True, progress=False
@@ -238,6 +268,7 @@ def _setup(
         roots=source.roots,
         settled=settled,
         schema=schema,
+        cwd=os.getcwd(),
         output_kind=layout.kind,
         output=str(layout.final),
         fingerprint=digest,
@@ -253,42 +284,64 @@ def _map(
     """The units through the actor pool, one per task; each result is the part's done-marker."""
     from ray.data import ActorPoolStrategy
 
-    # Ray Data narrates every execution at INFO; poolcli's summary says what a user needs.
-    logging.getLogger("ray.data").setLevel(logging.CRITICAL)
+    with data_context(ray):
+        items = [{"unit": msgspec.json.encode(u)} for u in todo]
+        ds = ray.data.from_items(items, override_num_blocks=len(items))
+        ds = ds.map_batches(
+            PartWorker,
+            batch_size=1,
+            compute=ActorPoolStrategy(size=min(rc.num_workers, len(items))),
+            num_cpus=rc.cpus_per_worker,
+            num_gpus=rc.gpus_per_worker or None,
+            fn_constructor_kwargs={"setup": msgspec.json.encode(setup), "job_ref": job_ref},
+        )
+        try:
+            for row in ds.iter_rows():
+                yield msgspec.json.decode(row["marker"], type=PartMarker)
+        except Exception as exc:
+            raise _worker_error(exc) from None
+
+
+@contextlib.contextmanager
+def data_context(ray: Any) -> Iterator[None]:
+    """Ray Data as poolcli's driver needs it, put back afterwards (a notebook or a test that called run_file keeps
+    its own settings): the worker's own exception raised (not a UserCodeException that keeps only its text, so a
+    typed error keeps its exit code), no INFO narration of every execution, no progress bars (the summary says what
+    a user needs)."""
+    logger = logging.getLogger("ray.data")
     context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.enable_operator_progress_bars = False
-    items = [{"unit": msgspec.json.encode(u)} for u in todo]
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map_batches(
-        PartWorker,
-        batch_size=1,
-        compute=ActorPoolStrategy(size=min(rc.num_workers, len(items))),
-        num_cpus=rc.cpus_per_worker,
-        num_gpus=rc.gpus_per_worker or None,
-        fn_constructor_kwargs={"setup": msgspec.json.encode(setup), "job_ref": job_ref},
+    saved = (
+        logger.level,
+        context.enable_progress_bars,
+        context.enable_operator_progress_bars,
+        context.raise_original_map_exception,
     )
+    logger.setLevel(logging.CRITICAL)
+    context.enable_progress_bars = context.enable_operator_progress_bars = False
+    context.raise_original_map_exception = True
     try:
-        for row in ds.iter_rows():
-            yield msgspec.json.decode(row["marker"], type=PartMarker)
-    except PoolcliError:
-        raise
-    except Exception as exc:
-        raise _worker_error(exc) from None
+        yield
+    finally:
+        logger.setLevel(saved[0])
+        context.enable_progress_bars, context.enable_operator_progress_bars = saved[1], saved[2]
+        context.raise_original_map_exception = saved[3]
 
 
 def _worker_error(exc: BaseException) -> PoolcliError:
-    """The typed error a worker raised (Ray wraps it, maybe twice), or an internal error naming the innermost
-    exception."""
+    """The typed error a worker raised (Ray wraps it, maybe twice, in classes that also subclass it), or an internal
+    error naming the innermost exception."""
     seen: set[int] = set()
     current: BaseException | None = exc
     innermost = exc
+    typed: PoolcliError | None = None
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, PoolcliError):
-            return current
+            typed = current
         innermost = current
         current = getattr(current, "cause", None) or current.__cause__
+    if typed is not None:
+        return typed  # the innermost: the worker's own error, not Ray's wrapper class derived from it
     lines = str(innermost).strip().splitlines()
     what = f"{type(innermost).__name__}: {lines[0]}" if lines else type(innermost).__name__
     return InternalError(f"a Ray worker failed: {what}")
@@ -298,6 +351,15 @@ class PartWorker:
     """A Ray Data actor: one engine, many parts."""
 
     def __init__(self, setup: bytes, job_ref: list[Any] | None) -> None:
+        # A typed error here is raised again by the first call: Ray retries a failing actor constructor without
+        # end and reports it as a system error, while a failing call ends the job with the error itself.
+        self.failure: PoolcliError | None = None
+        try:
+            self._build(setup, job_ref)
+        except PoolcliError as exc:
+            self.failure = exc
+
+    def _build(self, setup: bytes, job_ref: list[Any] | None) -> None:
         import pyarrow as pa
 
         from poolcli.engine.tasks import build_engine
@@ -307,6 +369,8 @@ class PartWorker:
 
         s = msgspec.json.decode(setup, type=WorkerSetup)
         self.setup = s
+        if os.path.isdir(s.cwd):
+            os.chdir(s.cwd)
         configs = build(s.request)
         driver = configs.driver
         assert driver is not None
@@ -331,20 +395,30 @@ class PartWorker:
             job=job,
             faults=s.faults,
         )
-        if s.schema is not None:
-            from poolcli.engine.base import RowEngine
-
-            assert isinstance(self.engine, RowEngine)
-            self.engine.builder.schema = pa.ipc.open_stream(s.schema).schema
-        self.engine.load()
-        layout = Layout.for_output(s.output + ("/" if s.output_kind == "dir" else ""), s.output_kind)  # type: ignore[arg-type]
         identity = msgspec.json.decode(s.identity)
+        mine = self.engine.identity
+        for key in ("dtype", "plan"):
+            ours = msgspec.json.decode(msgspec.json.encode(mine()[key] if key == "dtype" else self.engine.describe()))
+            if ours != identity.get(key):
+                raise ConfigError(
+                    f"a Ray worker would compute with {key} {ours!r} where the run recorded {identity.get(key)!r} "
+                    f"(auto settings resolve per machine): set --dtype and --device explicitly"
+                )
+        self.schema = pa.ipc.open_stream(s.schema).schema if s.schema is not None else None
+        self.engine.load()
+        import torch
+
+        torch.manual_seed(driver.seed)
+        layout = Layout.for_output(s.output + ("/" if s.output_kind == "dir" else ""), s.output_kind)  # type: ignore[arg-type]
         self.store = PartStore.worker(
             layout, s.fingerprint, identity, f"{os.getpid()}-{uuid.uuid4().hex[:8]}", s.faults
         )
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import numpy as np
+
+        if self.failure is not None:
+            raise self.failure
 
         markers = [msgspec.json.encode(self._run(msgspec.json.decode(raw, type=Unit))) for raw in batch["unit"]]
         return {"marker": np.array(markers, dtype=object)}
@@ -360,11 +434,19 @@ class PartWorker:
 
                 assert isinstance(engine, RowEngine)
                 assert self.setup.spec is not None
+                # Every part starts from the driver's schema, whatever this actor's earlier parts promoted: a part's
+                # bytes must not depend on which actor wrote it.
+                engine.builder.schema = self.schema
                 source = Source(self.setup.spec, self.setup.input_format, [unit.span.path], self.setup.roots)  # type: ignore[arg-type]
                 for block in source.for_span(unit.span, self.setup.settled).blocks(self.setup.window_rows):
                     result = engine.run(block, engine.prepare(block.texts))
                     writer.rows_in += block.n_rows
                     self._add(writer, result)
+                if writer.rows_in != unit.span.n_rows:
+                    raise DataError(
+                        f"{unit.span.path} changed while the job ran: rows {unit.span.first_row}.. held "
+                        f"{unit.span.n_rows} rows when planned, {writer.rows_in} now"
+                    )
             else:
                 from poolcli.engine.score import ScoreEngine
 

@@ -156,7 +156,9 @@ class ClassifyTableBuilder(EmbedTableBuilder):
             ("probs", vector_array(vectors, "float32")),
         ]
         if self.multi_label:
-            out.append(("labels", pa.array([names[row >= self.threshold].tolist() for row in vectors])))
+            labels = [names[row >= self.threshold].tolist() for row in vectors]
+            # Typed: rows with no label above the threshold must not make the column list<null>.
+            out.append(("labels", pa.array(labels, type=pa.list_(pa.string()))))
         if self.top_k:
             # A stable sort on the negated scores: equal scores keep label order.
             order = np.argsort(-vectors, axis=1, kind="stable")[:, : self.top_k]

@@ -144,12 +144,16 @@ def test_token_classify_csv_equals_local(cluster: Any, ner: Path, tmp_path: Path
 
 
 def test_token_embed_txt_equals_local(cluster: Any, tiny_bert: Path, tmp_path: Path) -> None:
-    src = tmp_path / "in.txt"
-    src.write_text("\n".join(_texts(90)) + "\n", encoding="utf-8")
-    local, out = tmp_path / "local.parquet", tmp_path / "ray.parquet"
-    _ok(run_cli("token-embed", src, "-m", tiny_bert, "-o", local, *LOCAL))
-    _ok(run_cli("token-embed", src, "-m", tiny_bert, "-o", out, *RAY1))
-    _same_output(local, out)
+    (tmp_path / "in.txt").write_text("\n".join(_texts(90)) + "\n", encoding="utf-8")
+    # Relative paths, from another directory than the cluster's: each actor works in the driver's directory.
+    _ok(run_cli("token-embed", "in.txt", "-m", tiny_bert, "-o", "local.parquet", *LOCAL, cwd=tmp_path))
+    _ok(run_cli("token-embed", "in.txt", "-m", tiny_bert, "-o", "ray.parquet", *RAY1, cwd=tmp_path))
+    _same_output(tmp_path / "local.parquet", tmp_path / "ray.parquet")
+    # An actor no node can hold is refused, not left waiting in Ray's queue.
+    proc = run_cli(
+        "token-embed", "in.txt", "-m", tiny_bert, "-o", "gpu.parquet", *RAY1, "--gpus-per-worker", "1", cwd=tmp_path
+    )
+    assert proc.returncode == 64 and "GPUs" in proc.stderr, proc.stderr
 
 
 def test_score_and_rerank_equal_local(cluster: Any, tiny_ce: Path, tmp_path: Path) -> None:
@@ -331,3 +335,25 @@ def test_map_dataset_reranks_one_query_per_row(cluster: Any, tiny_ce: Path) -> N
         assert all(abs(g["relevance_score"] - e["relevance_score"]) < 1e-6 for g, e in zip(got, expected, strict=True))
     assert rows[4]["error_code"] == "WRONG_TYPE" and "documents[1]" in rows[4]["error_message"]
     assert [g["index"] for g in rows[4]["ranking"]] and 1 not in [g["index"] for g in rows[4]["ranking"]]
+
+
+class _Failing:
+    """A Ray Data UDF that fails the way a poolcli worker does: a typed error from its call."""
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        from poolcli.errors import DataError
+
+        raise DataError("in.jsonl changed while the job ran")
+
+
+def test_a_workers_typed_error_reaches_the_driver_as_itself(cluster: Any) -> None:
+    from ray.data import ActorPoolStrategy
+
+    from poolcli.drivers.ray import _worker_error, data_context
+    from poolcli.errors import DataError
+
+    with data_context(cluster), pytest.raises(Exception) as caught:
+        ds = cluster.data.from_items([{"x": 1}])
+        ds.map_batches(_Failing, compute=ActorPoolStrategy(size=1), num_cpus=0.5).take_all()
+    error = _worker_error(caught.value)
+    assert type(error) is DataError and str(error) == "in.jsonl changed while the job ran"
