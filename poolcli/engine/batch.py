@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 import msgspec
 import numpy as np
 
+from poolcli.engine.heap import HeapTrimmer
 from poolcli.engine.scheduler import cut_batches
 from poolcli.faults import NO_FAULTS, Faults
 from poolcli.vocab import ErrorCode
@@ -130,6 +131,7 @@ class BatchTemplate:
         self.faults = faults
         self.warn = warn
         self.stats = BatchStats()
+        self.trim_heap = HeapTrimmer(enabled=str(device).startswith("cpu"))
 
     def run(
         self,
@@ -193,6 +195,7 @@ class BatchTemplate:
 
         for cut in cut_batches([lengths[j] for j in unique], max_tokens=self.budget, max_rows=self.max_rows):
             compute([unique[k] for k in cut])
+            self.trim_heap()
             stop()
 
         for j, values in enumerate(out):

@@ -175,3 +175,25 @@ def test_a_failed_item_fails_its_duplicates_too() -> None:
     t, _ = _template()
     values, failed = t.run(_rows([3]) + _rows([3]), [0, 1], FakeForward(nan_ids={1}, nan_fp32=True))
     assert set(failed) == {0, 1} and values == [None, None]
+
+
+def test_freed_heap_is_returned_between_cpu_batches_at_most_every_interval() -> None:
+    from poolcli.engine.heap import HeapTrimmer
+
+    clock = [0.0]
+    trims: list[float] = []
+    trimmer = HeapTrimmer(interval=2.0, trim=lambda: trims.append(clock[0]), clock=lambda: clock[0])
+    for step in (0.0, 1.0, 1.0, 1.0, 3.0):  # batches at t = 0, 1, 2, 3, 6
+        clock[0] += step
+        trimmer()
+    assert trims == [0.0, 2.0, 6.0]
+    assert not HeapTrimmer(enabled=False, trim=lambda: trims.append(-1))._trim
+
+    # Wired into the template on CPU (and off for a GPU device): called once per batch.
+    t, _ = _template(budget=8)
+    calls: list[int] = []
+    t.trim_heap = HeapTrimmer(interval=0.0, trim=lambda: calls.append(1))
+    t.run(_rows([4, 4, 4, 4]), [0, 1, 2, 3], FakeForward())
+    assert len(calls) == t.stats.batches == 2
+    assert BatchTemplate(budget=8, max_rows=4, device="cuda", pad_id=0).trim_heap._trim is None
+    assert HeapTrimmer()._trim is not None  # this machine's C library (glibc) has malloc_trim
