@@ -261,10 +261,7 @@ class Model:
         engine = self._engine(task, options, job)
         assert isinstance(engine, ScoreEngine)
         engine.load()
-        units = engine.units(DEFAULT_PART_ROWS)
-        results = [
-            engine.run_units(a, min(units.n, a + units.per_part)) for a in range(0, max(units.n, 1), units.per_part)
-        ]
+        results = [engine.run_units(a, b) for a, b in engine.units(DEFAULT_PART_ROWS).ranges()]
         return _collect(engine, results)
 
     @staticmethod

@@ -278,15 +278,7 @@ def _parts(
                 continue
             if current is None:
                 current = store.begin(k, item.first, id_column=engine.id_column, value_column=engine.value_column)
-            result = item.run(stop.check, on_batch)
-            if result.table is not None:
-                current.write(result.table)
-            current.errors.extend(result.errors)
-            current.rows_in += item.n
-            current.tokens += result.tokens
-            current.truncated += result.truncated
-            current.chunked_rows += result.chunked_rows
-            current.chunks += result.chunks
+            current.add(item.run(stop.check, on_batch), item.n)
             if current.rows_in == per_part:
                 # Complete: commit now rather than when the next item arrives, which may be an input error.
                 commit(current)

@@ -189,11 +189,8 @@ def _plan(
     from poolcli.engine.score import ScoreEngine
 
     assert isinstance(engine, ScoreEngine)
-    planned = engine.units(block_rows)
-    n, per = planned.n, planned.per_part
-    return None, [
-        Unit(index=k, first_row=a, start=a, stop=min(n, a + per)) for k, a in enumerate(range(0, max(n, 1), per))
-    ]
+    ranges = engine.units(block_rows).ranges()
+    return None, [Unit(index=k, first_row=a, start=a, stop=b) for k, (a, b) in enumerate(ranges)]
 
 
 def _fix_precision(req: Request, engine: TaskEngine, rc: RayConfig) -> None:
@@ -362,8 +359,7 @@ class PartWorker:
     def _build(self, setup: bytes, job_ref: list[Any] | None) -> None:
         import pyarrow as pa
 
-        from poolcli.engine.tasks import build_engine
-        from poolcli.model.load import Loader
+        from poolcli.drivers.run import file_engine
         from poolcli.model.resolve import resolve_model
         from poolcli.request import build
 
@@ -383,22 +379,11 @@ class PartWorker:
         model = resolve_model(
             eng.model, hf_overrides=eng.hf_overrides, convert=eng.convert, max_model_len=eng.max_model_len
         )
-        loader = Loader(model, device=eng.device, dtype=eng.dtype, trust_remote_code=eng.trust_remote_code)
-        self.engine = build_engine(
-            s.request.task,
-            model,
-            loader,
-            eng,
-            configs.plan,
-            configs.options,
-            keep_columns=driver.keep_columns,
-            job=job,
-            faults=s.faults,
-        )
+        self.engine = file_engine(s.request.task, configs, model, job, s.faults)
         identity = msgspec.json.decode(s.identity)
-        mine = self.engine.identity
-        for key in ("dtype", "plan"):
-            ours = msgspec.json.decode(msgspec.json.encode(mine()[key] if key == "dtype" else self.engine.describe()))
+        # What this actor resolved, as the identity records it (JSON, so tuples compare as the recorded lists).
+        resolved = {"dtype": str(self.engine.loader.dtype).removeprefix("torch."), "plan": self.engine.describe()}
+        for key, ours in msgspec.json.decode(msgspec.json.encode(resolved)).items():
             if ours != identity.get(key):
                 raise ConfigError(
                     f"a Ray worker would compute with {key} {ours!r} where the run recorded {identity.get(key)!r} "
@@ -439,9 +424,7 @@ class PartWorker:
                 engine.builder.schema = self.schema
                 source = Source(self.setup.spec, self.setup.input_format, [unit.span.path], self.setup.roots)  # type: ignore[arg-type]
                 for block in source.for_span(unit.span, self.setup.settled).blocks(self.setup.window_rows):
-                    result = engine.run(block, engine.prepare(block.texts))
-                    writer.rows_in += block.n_rows
-                    self._add(writer, result)
+                    writer.add(engine.run(block, engine.prepare(block.texts)), block.n_rows)
                 if writer.rows_in != unit.span.n_rows:
                     raise DataError(
                         f"{unit.span.path} changed while the job ran: rows {unit.span.first_row}.. held "
@@ -451,21 +434,9 @@ class PartWorker:
                 from poolcli.engine.score import ScoreEngine
 
                 assert isinstance(engine, ScoreEngine)
-                result = engine.run_units(unit.start, unit.stop)
-                writer.rows_in += unit.stop - unit.start
-                self._add(writer, result)
+                writer.add(engine.run_units(unit.start, unit.stop), unit.stop - unit.start)
             writer.batch_budget = engine.budget
             return writer.commit()
         except BaseException:
             writer.abort()
             raise
-
-    @staticmethod
-    def _add(writer: Any, result: Any) -> None:
-        if result.table is not None:
-            writer.write(result.table)
-        writer.errors.extend(result.errors)
-        writer.tokens += result.tokens
-        writer.truncated += result.truncated
-        writer.chunked_rows += result.chunked_rows
-        writer.chunks += result.chunks

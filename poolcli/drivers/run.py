@@ -14,12 +14,14 @@ from typing import TYPE_CHECKING
 from poolcli.config import DriverConfig, ScoreOptions
 from poolcli.errors import UsageError
 from poolcli.faults import Faults
-from poolcli.request import Request, build
+from poolcli.request import Configs, Request, build
+from poolcli.vocab import Task
 
 if TYPE_CHECKING:
     from poolcli.console import Progress
     from poolcli.drivers.feed import Feed
     from poolcli.drivers.local import Outcome
+    from poolcli.engine.base import TaskEngine
     from poolcli.io.pairs import PairJob
     from poolcli.io.readers import Source
     from poolcli.model.resolve import ResolvedModel
@@ -38,9 +40,7 @@ def run_file_request(
     from poolcli.console import NullProgress, print_warning
     from poolcli.drivers.feed import PairFeed, RowFeed
     from poolcli.drivers.local import run_local
-    from poolcli.engine.tasks import build_engine
     from poolcli.io.readers import InputSpec, open_source
-    from poolcli.model.load import Loader
     from poolcli.model.resolve import resolve_model
 
     configs = build(req)
@@ -60,18 +60,8 @@ def run_file_request(
         eng.model, hf_overrides=eng.hf_overrides, convert=eng.convert, max_model_len=eng.max_model_len
     )
     check_output_paths(driver, sources, model)
-    loader = Loader(model, device=eng.device, dtype=eng.dtype, trust_remote_code=eng.trust_remote_code)
-    engine = build_engine(
-        req.task,
-        model,
-        loader,
-        eng,
-        configs.plan,
-        configs.options,
-        keep_columns=driver.keep_columns,
-        job=job,
-        faults=faults,
-        warn=warn or (lambda message: print_warning(message, quiet=driver.quiet)),
+    engine = file_engine(
+        req.task, configs, model, job, faults, warn or (lambda message: print_warning(message, quiet=driver.quiet))
     )
     if driver.verbose and not driver.quiet:
         from poolcli.console import print_info
@@ -103,6 +93,35 @@ def run_file_request(
     description = f"{req.task} {model.name}"
     progress = make_progress(description, driver) if make_progress is not None else NullProgress()
     return run_local(engine, feed, driver, sources, progress, faults)
+
+
+def file_engine(
+    task: Task,
+    configs: Configs,
+    model: ResolvedModel,
+    job: PairJob | None,
+    faults: Faults,
+    warn: Callable[[str], None] = lambda message: None,
+) -> TaskEngine:
+    """The engine of a file run, on `model` as the request's configs say: the local driver's, and each Ray actor's."""
+    from poolcli.engine.tasks import build_engine
+    from poolcli.model.load import Loader
+
+    eng, driver = configs.engine, configs.driver
+    assert driver is not None
+    loader = Loader(model, device=eng.device, dtype=eng.dtype, trust_remote_code=eng.trust_remote_code)
+    return build_engine(
+        task,
+        model,
+        loader,
+        eng,
+        configs.plan,
+        configs.options,
+        keep_columns=driver.keep_columns,
+        job=job,
+        faults=faults,
+        warn=warn,
+    )
 
 
 def _load_job(req: Request, driver: DriverConfig, opts: ScoreOptions) -> PairJob:

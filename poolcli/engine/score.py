@@ -39,6 +39,10 @@ class Units(msgspec.Struct):
     n: int
     per_part: int
 
+    def ranges(self) -> list[tuple[int, int]]:
+        """Each part's units [start, stop), in order (one empty part for an empty job)."""
+        return [(a, min(self.n, a + self.per_part)) for a in range(0, max(self.n, 1), self.per_part)]
+
 
 class ScoreEngine(TaskEngine):
     """One score per pair (score) or a ranking per query (rerank), through the plan's scorer."""

@@ -533,6 +533,18 @@ class PartWriter:
         self.chunks = 0
         self.batch_budget: int | None = None
 
+    def add(self, result: Any, rows_in: int) -> None:
+        """One block's result (`engine.base.BlockResult`: table, errors and counts) that covered `rows_in` input
+        rows (or pair units)."""
+        if result.table is not None:
+            self.write(result.table)
+        self.errors.extend(result.errors)
+        self.rows_in += rows_in
+        self.tokens += result.tokens
+        self.truncated += result.truncated
+        self.chunked_rows += result.chunked_rows
+        self.chunks += result.chunks
+
     def write(self, table: pa.Table) -> None:
         import pyarrow.parquet as pq
 
