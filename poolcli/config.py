@@ -21,6 +21,7 @@ from poolcli.vocab import (
     POOLING_TYPES,
     SEQ_POOLING_TYPES,
     TOK_POOLING_TYPES,
+    Backend,
     ColbertRole,
     Convert,
     DriverKind,
@@ -302,6 +303,8 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
     """auto, cpu, cuda or cuda:N."""
     dtype: DType = "auto"
     """Compute dtype of the model body; heads always run in float32."""
+    backend: Backend = "auto"
+    """What runs the model body: torch, OpenVINO, or auto (poolcli.model.backend decides)."""
     threads: int | None = None
     """Threads for the model on CPU; None uses every core this process may run on."""
     max_batch_tokens: int | None = None

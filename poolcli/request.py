@@ -82,6 +82,7 @@ class Request(msgspec.Struct, kw_only=True):
     """None: the task's default (float32 for embed, float16 for token-embed's per-token vectors)."""
     device: str = "auto"
     dtype: str = "auto"
+    backend: str = "auto"
     hf_overrides: str | Mapping[str, Any] | None = None
     convert: str = "auto"
     trust_remote_code: bool = False
@@ -141,6 +142,7 @@ ENGINE_FIELDS = frozenset(
     {
         "device",
         "dtype",
+        "backend",
         "threads",
         "max_batch_tokens",
         "max_batch_size",
@@ -283,6 +285,7 @@ def build(req: Request) -> Configs:
         trust_remote_code=req.trust_remote_code,
         device=req.device,
         dtype=req.dtype,
+        backend=req.backend,
         threads=req.threads,
         max_batch_tokens=parse_batch_tokens(req.max_batch_tokens),
         max_batch_size=req.max_batch_size,

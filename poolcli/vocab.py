@@ -22,6 +22,10 @@ ST_POOLING_MODES: tuple[StPoolingMode, ...] = get_args(StPoolingMode)
 
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 
+Backend = Literal["auto", "torch", "openvino"]
+"""--backend: what runs the model body (token ids -> hidden states or logits); heads always run in torch."""
+ResolvedBackend = Literal["torch", "openvino"]
+
 OutputDType = Literal["float32", "float16"]
 
 TruncationSide = Literal["right", "left"]

@@ -200,6 +200,17 @@ def shared_model(tmp_path_factory: pytest.TempPathFactory, name: str, build: Cal
     return target
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compiled_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One compiled-model cache for the whole test run, shared by every xdist worker and the processes and Ray
+    actors they start (each model is converted once per run; concurrent conversions are part of what is tested)."""
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "compiled-cache"
+    root.mkdir(parents=True, exist_ok=True)
+    os.environ["POOLCLI_CACHE_DIR"] = str(root)
+    return root
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return shared_model(tmp_path_factory, "tiny-bert", models.build_bert)

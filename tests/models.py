@@ -423,3 +423,36 @@ def build_bge_m3(path: Path, *, seed: int = 3, heads: bool = True) -> Path:
             sparse.bias.fill_(0.1)
         torch.save(sparse.state_dict(), str(path / "sparse_linear.pt"))
     return path
+
+
+def build_encoder(path: Path, *, family: str, seed: int = 0, hidden: int = 32) -> Path:
+    """A tiny random encoder of another family than BERT (roberta, xlm-roberta, distilbert), with the WordPiece
+    tokenizer of the tiny BERT (the backbone does not care which tokenizer made its ids)."""
+    from transformers import AutoConfig, AutoModel
+
+    vocab_size = save_bert_tokenizer(path, model_max_length=64)
+    torch.manual_seed(seed)
+    if family == "distilbert":
+        config = AutoConfig.for_model(
+            family,
+            vocab_size=vocab_size,
+            dim=hidden,
+            n_layers=2,
+            n_heads=2,
+            hidden_dim=hidden * 2,
+            max_position_embeddings=66,
+        )
+    else:
+        # RoBERTa-style position ids start after padding_idx (1): two extra positions.
+        config = AutoConfig.for_model(
+            family,
+            vocab_size=vocab_size,
+            hidden_size=hidden,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=hidden * 2,
+            max_position_embeddings=66,
+            pad_token_id=0,
+        )
+    AutoModel.from_config(config).eval().save_pretrained(str(path))
+    return path

@@ -8,6 +8,7 @@ import typer
 
 from poolcli.vocab import (
     POOLING_TYPES,
+    Backend,
     ColbertRole,
     Convert,
     DriverKind,
@@ -74,6 +75,15 @@ DTypeOpt = Annotated[
     typer.Option(
         "--dtype",
         help="Model compute dtype (auto: float32 on CPU, bfloat16 on GPUs that have it). Heads always run in float32.",
+        rich_help_panel=_MODEL,
+    ),
+]
+BackendOpt = Annotated[
+    Backend,
+    typer.Option(
+        "--backend",
+        help="What runs the model body: torch, openvino (CPU, compiled once and cached), or auto (openvino on CPU "
+        "when installed and the architecture is one it converts, else torch).",
         rich_help_panel=_MODEL,
     ),
 ]

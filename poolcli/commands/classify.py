@@ -42,6 +42,7 @@ def classify(
     keep_columns: o.KeepColumns = None,
     device: o.Device = "auto",
     dtype: o.DTypeOpt = "auto",
+    backend: o.BackendOpt = "auto",
     hf_overrides: o.HfOverrides = None,
     convert: o.ConvertOpt = "auto",
     trust_remote_code: o.TrustRemoteCode = False,

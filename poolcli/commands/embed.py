@@ -51,6 +51,7 @@ def embed(
     ),
     device: o.Device = "auto",
     dtype: o.DTypeOpt = "auto",
+    backend: o.BackendOpt = "auto",
     hf_overrides: o.HfOverrides = None,
     convert: o.ConvertOpt = "auto",
     trust_remote_code: o.TrustRemoteCode = False,

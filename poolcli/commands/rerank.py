@@ -44,6 +44,7 @@ def rerank(
     id_field: o.IdField = None,
     device: o.Device = "auto",
     dtype: o.DTypeOpt = "auto",
+    backend: o.BackendOpt = "auto",
     hf_overrides: o.HfOverrides = None,
     convert: o.ConvertOpt = "auto",
     trust_remote_code: o.TrustRemoteCode = False,

@@ -67,6 +67,7 @@ def token_classify(
     keep_columns: o.KeepColumns = None,
     device: o.Device = "auto",
     dtype: o.DTypeOpt = "auto",
+    backend: o.BackendOpt = "auto",
     hf_overrides: o.HfOverrides = None,
     convert: o.ConvertOpt = "auto",
     trust_remote_code: o.TrustRemoteCode = False,

@@ -50,6 +50,7 @@ def token_embed(
     colbert_role: o.ColbertRoleOpt = None,
     device: o.Device = "auto",
     dtype: o.DTypeOpt = "auto",
+    backend: o.BackendOpt = "auto",
     hf_overrides: o.HfOverrides = None,
     convert: o.ConvertOpt = "auto",
     trust_remote_code: o.TrustRemoteCode = False,

@@ -74,7 +74,12 @@ class Model:
             engine.model, hf_overrides=engine.hf_overrides, convert=engine.convert, max_model_len=engine.max_model_len
         )
         self.loader: Loader = Loader(
-            self.resolved, device=engine.device, dtype=engine.dtype, trust_remote_code=engine.trust_remote_code
+            self.resolved,
+            device=engine.device,
+            dtype=engine.dtype,
+            trust_remote_code=engine.trust_remote_code,
+            backend=engine.backend,
+            threads=engine.threads,
         )
 
     @property
@@ -82,7 +87,10 @@ class Model:
         return self.resolved.name
 
     def __repr__(self) -> str:
-        return f"poolcli.Model({self.name!r}, device={self.loader.device}, dtype={self.loader.dtype})"
+        return (
+            f"poolcli.Model({self.name!r}, device={self.loader.device}, dtype={self.loader.dtype}, "
+            f"backend={self.loader.backend.name})"
+        )
 
     # -- tasks ----------------------------------------------------------------------------------------------------
 

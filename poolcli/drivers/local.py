@@ -56,6 +56,10 @@ class Summary(msgspec.Struct, kw_only=True):
     seconds: float = 0.0
     load_seconds: float = 0.0
     """Time spent loading the model and tokenizer (part of `seconds`)."""
+    backend: str = ""
+    """What ran the model body (torch, openvino)."""
+    convert_seconds: float = 0.0
+    """Time spent converting the body for a compiled backend (part of `load_seconds`; 0 when it was cached)."""
     output: str = ""
     errors_file: str | None = None
     status: str = "ok"
@@ -177,6 +181,8 @@ def run_local(
         summary.duplicates = engine.stats.duplicates
         summary.threads = engine.threads
         summary.load_seconds = engine.load_seconds
+        summary.backend = engine.loader.backend_used
+        summary.convert_seconds = round(engine.loader.convert_seconds, 3)
     summary.seconds = time.monotonic() - started
     return Outcome(summary, error)
 

@@ -199,12 +199,8 @@ def _fix_precision(req: Request, engine: TaskEngine, rc: RayConfig) -> None:
     records that precision; each actor checks it resolves the same (a GPU without bfloat16 would not)."""
     import torch
 
-    from poolcli.model.load import resolve_dtype
-
     if req.device == "auto":
-        engine.loader.dtype = resolve_dtype(
-            engine.config.dtype, torch.device("cuda" if rc.gpus_per_worker > 0 else "cpu")
-        )
+        engine.loader.retarget(torch.device("cuda" if rc.gpus_per_worker > 0 else "cpu"))
 
 
 def _check_resources(ray: Any, rc: RayConfig) -> None:
@@ -382,12 +378,17 @@ class PartWorker:
         self.engine = file_engine(s.request.task, configs, model, job, s.faults)
         identity = msgspec.json.decode(s.identity)
         # What this actor resolved, as the identity records it (JSON, so tuples compare as the recorded lists).
-        resolved = {"dtype": str(self.engine.loader.dtype).removeprefix("torch."), "plan": self.engine.describe()}
+        backend = self.engine.loader.backend.name
+        resolved = {
+            "dtype": str(self.engine.loader.dtype).removeprefix("torch."),
+            "backend": None if backend == "torch" else backend,
+            "plan": self.engine.describe(),
+        }
         for key, ours in msgspec.json.decode(msgspec.json.encode(resolved)).items():
             if ours != identity.get(key):
                 raise ConfigError(
                     f"a Ray worker would compute with {key} {ours!r} where the run recorded {identity.get(key)!r} "
-                    f"(auto settings resolve per machine): set --dtype and --device explicitly"
+                    f"(auto settings resolve per machine): set --dtype, --device and --backend explicitly"
                 )
         self.schema = pa.ipc.open_stream(s.schema).schema if s.schema is not None else None
         self.engine.load()

@@ -95,13 +95,16 @@ class TaskEngine(ABC):
 
     def identity(self) -> dict[str, Any]:
         """Everything of this engine that decides the output bytes (a resumed run must match it exactly)."""
-        return {
+        identity = {
             "task": self.task,
             "model": self.model.name,
             "model_weights_sha256": weights_digest(Path(self.model.root)),
             "plan": self.describe(),
             "dtype": str(self.loader.dtype).removeprefix("torch."),
         }
+        if self.loader.backend.name != "torch":  # torch runs keep the identity they had before backends existed
+            identity["backend"] = self.loader.backend.name
+        return identity
 
     @abstractmethod
     def describe(self) -> dict[str, Any]:
@@ -119,6 +122,8 @@ class TaskEngine(ABC):
 
         started = time.monotonic()
         pad_id = self._load_model()
+        for level, text in self.loader.take_notes():
+            (self.warn if level == "warn" else self.info)(text)
         self.threads = configure_threads(self.config.threads, self.loader.device)
         budget = self.config.max_batch_tokens or default_budget(self.loader.device)
         self._template = BatchTemplate(

@@ -18,12 +18,14 @@ from poolcli.errors import ConfigError, UsageError
 from poolcli.pooler.heads import Dense, LmRowsHead, PositionScoreHead, RewardHead
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from torch import Tensor, nn
 
+    from poolcli.model.backend import BackendChoice
+    from poolcli.model.compiled import BodyOutput, CacheEntry, CompiledBody
     from poolcli.model.resolve import DenseSpec, ResolvedModel
-    from poolcli.vocab import DType
+    from poolcli.vocab import Backend, DType
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -95,24 +97,111 @@ def _load_error(model: ResolvedModel, exc: Exception) -> ConfigError:
     return ConfigError(f"cannot load model {model.name}: {str(exc).splitlines()[0]}")
 
 
+class Compilation:
+    """How a body is run when its backend is not torch: the choice, the threads it may use, and where its notes
+    and conversion time go (one per Loader)."""
+
+    def __init__(self, choice: BackendChoice, threads: int, notes: list[tuple[str, str]]) -> None:
+        self.choice = choice
+        self.threads = threads
+        self.notes = notes
+        self.convert_seconds = 0.0
+        self.fell_back = False
+
+    def note(self, text: str) -> None:
+        self.notes.append(("info", text))
+
+    def entry(
+        self, model: ResolvedModel, module: str, names: Sequence[str], output: BodyOutput, **extra: Any
+    ) -> CacheEntry:
+        import transformers
+
+        from poolcli.model.compiled import CacheEntry
+        from poolcli.model.identity import weights_digest
+
+        entry: CacheEntry = CacheEntry(
+            {
+                "weights": weights_digest(Path(model.path)),
+                "hf_overrides": model.hf_overrides,
+                "module": module,
+                "inputs": list(names),
+                "output": output,
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+                **extra,
+            }
+        )
+        return entry
+
+    def compile(
+        self, entry: CacheEntry, make: Callable[[], nn.Module], names: Sequence[str], output: BodyOutput
+    ) -> CompiledBody | None:
+        """The compiled body, or None when `auto` chose the backend and the model does not convert (torch runs it,
+        with a warning: the architecture is one whose conversion is expected to work)."""
+        from poolcli.model.compiled import compile_body
+
+        try:
+            body, seconds = compile_body(
+                entry,
+                make,
+                names,
+                output,
+                precision=self.choice.precision,
+                threads=self.threads,
+                note=self.note,
+            )
+        except ConfigError as exc:
+            if not self.choice.auto:
+                raise
+            self.notes.append(("warn", f"{exc}; running it with torch"))
+            self.fell_back = True
+            return None
+        self.convert_seconds += seconds
+        return body
+
+
 class HiddenStateModel:
     """The model body: padded ids -> last hidden states [B, L, H]."""
 
-    def __init__(self, model: ResolvedModel, *, device: torch.device, dtype: torch.dtype, trust_remote_code: bool):
+    def __init__(
+        self,
+        model: ResolvedModel,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+        trust_remote_code: bool,
+        compilation: Compilation | None = None,
+    ):
         quiet_transformers()
-        from transformers import AutoModel
-
         self.device = device
         self.dtype = dtype
-        try:
-            self.model = AutoModel.from_pretrained(
-                model.path, config=_config(model, trust_remote_code), dtype=dtype, trust_remote_code=trust_remote_code
-            )
-        except (OSError, ValueError, KeyError) as exc:
-            raise _load_error(model, exc) from None
-        self.model.eval().to(device)
+        self.compiled: CompiledBody | None = None
+        self.model: Any = None
+        names = ("input_ids", "attention_mask")
+
+        def load(load_dtype: torch.dtype) -> Any:
+            from transformers import AutoModel
+
+            try:
+                loaded = AutoModel.from_pretrained(
+                    model.path,
+                    config=_config(model, trust_remote_code),
+                    dtype=load_dtype,
+                    trust_remote_code=trust_remote_code,
+                )
+            except (OSError, ValueError, KeyError) as exc:
+                raise _load_error(model, exc) from None
+            return loaded.eval()
+
+        if compilation is not None:
+            entry = compilation.entry(model, "AutoModel", names, "hidden")
+            self.compiled = compilation.compile(entry, lambda: load(torch.float32), names, "hidden")
+        if self.compiled is None:
+            self.model = load(dtype).to(device)
 
     def hidden_states(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        if self.compiled is not None:
+            return self.compiled({"input_ids": input_ids, "attention_mask": attention_mask})
         out = self.model(
             input_ids=input_ids.to(self.device, non_blocking=True),
             attention_mask=attention_mask.to(self.device, non_blocking=True),
@@ -144,6 +233,7 @@ class LogitsModel:
         pad_id: int,
         per_token: bool = False,
         lm_rows: Sequence[int] | None = None,
+        compilation: Compilation | None = None,
     ) -> None:
         quiet_transformers()
         from transformers import AutoModel, AutoModelForSequenceClassification
@@ -153,7 +243,10 @@ class LogitsModel:
             raise ConfigError(f"{model.name} has no classifier head")
         self.device = device
         self.dtype = dtype
+        # A compiled body is converted from the float32 weights; its precision is chosen when it is compiled.
+        run_dtype, dtype = dtype, (torch.float32 if compilation is not None else dtype)
         self.per_token = per_token
+        self.compiled: CompiledBody | None = None
         # Set when the model body runs alone and this head turns its hidden states into logits.
         self.head: nn.Module | None = None
         try:
@@ -210,6 +303,20 @@ class LogitsModel:
         self.model.eval().to(device)
         if self.head is not None:
             self.head.eval().to(device)
+        if compilation is not None:
+            import inspect
+
+            module = self.model
+            names: tuple[str, ...] = ("input_ids", "attention_mask")
+            if "token_type_ids" in inspect.signature(module.forward).parameters:
+                names += ("token_type_ids",)
+            output: BodyOutput = "logits" if self.head is None else "hidden"
+            entry = compilation.entry(model, type(module).__name__, names, output, pad_id=pad_id)
+            self.compiled = compilation.compile(entry, lambda: module, names, output)
+            if self.compiled is not None:
+                self.model = None  # the compiled body holds its own copy of the weights
+            elif run_dtype != torch.float32:
+                self.model.to(run_dtype)
 
     def logits(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None) -> Tensor:
         kwargs = {
@@ -218,7 +325,15 @@ class LogitsModel:
         }
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids.to(self.device, non_blocking=True)
-        out = self.model(**kwargs)
+        if self.compiled is not None:
+            if "token_type_ids" in self.compiled.names and token_type_ids is None:
+                kwargs["token_type_ids"] = torch.zeros_like(kwargs["input_ids"])
+            result = self.compiled(kwargs)
+            if self.head is None:
+                return result
+            out: Any = (result,)
+        else:
+            out = self.model(**kwargs)
         if self.head is None:
             logits: Tensor = out.logits
             return logits.float()
@@ -356,12 +471,76 @@ class Loader:
     `dtype` is the compute dtype of the bodies; a float32 twin is loaded only when a task recomputes a non-finite
     row in float32 and the run's dtype is lower."""
 
-    def __init__(self, model: ResolvedModel, *, device: str, dtype: DType, trust_remote_code: bool) -> None:
+    def __init__(
+        self,
+        model: ResolvedModel,
+        *,
+        device: str,
+        dtype: DType,
+        trust_remote_code: bool,
+        backend: Backend = "torch",
+        threads: int | None = None,
+    ) -> None:
+
         self.model = model
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
         self.trust_remote_code = trust_remote_code
+        self._requested = (dtype, backend, threads)
         self._cache: dict[tuple[Any, ...], Any] = {}
+        self.notes: list[tuple[str, str]] = []
+        self.retarget(resolve_device(device))
+
+    def retarget(self, device: torch.device) -> None:
+        """Decide dtype and backend for `device` (the Ray driver decides for where its actors compute, which may be
+        a device this machine lacks); nothing may have been loaded yet."""
+        from poolcli.model.backend import choose_backend, openvino_installed
+        from poolcli.model.cpu import cpu_flags
+
+        assert not self._cache, "retarget before loading"
+        dtype, backend, threads = self._requested
+        self.device = device
+        wanted = resolve_dtype(dtype, device)
+        self.backend = choose_backend(
+            backend,
+            device_type=device.type,
+            dtype=wanted,
+            model_type=self.model.model_type,
+            trust_remote_code=self.trust_remote_code,
+            flags=cpu_flags(),
+            installed=openvino_installed(),
+        )
+        compiled = self.backend.name != "torch"
+        # What the body computes in: a compiled body falls back to float32 where the CPU lacks native bf16.
+        self.dtype = wanted
+        if compiled:
+            self.dtype = torch.bfloat16 if self.backend.precision == "bf16" else torch.float32
+        self.notes[:] = list(self.backend.notes)
+        self._compilation = Compilation(self.backend, threads or usable_cores(), self.notes) if compiled else None
+
+    @property
+    def backend_used(self) -> str:
+        """The backend that runs the bodies loaded so far (torch where `auto` fell back after a failed conversion)."""
+        fell_back = self._compilation is not None and self._compilation.fell_back
+        return "torch" if fell_back else self.backend.name
+
+    @property
+    def convert_seconds(self) -> float:
+        """Seconds spent converting bodies for the compiled backend (0 when every body came from the cache)."""
+        return self._compilation.convert_seconds if self._compilation is not None else 0.0
+
+    def take_notes(self) -> list[tuple[str, str]]:
+        """Notes on the backend since the last call: ("info" | "warn", text)."""
+        notes = list(self.notes)
+        self.notes.clear()
+        return notes
+
+    def _compiled_for(self, dtype: torch.dtype) -> Compilation | None:
+        """The compilation for a body in `dtype`: a float32 twin of a bf16 compiled body is compiled in f32."""
+        if self._compilation is None or dtype == self.dtype:
+            return self._compilation
+        from poolcli.model.backend import BackendChoice
+
+        twin = BackendChoice(self.backend.name, "f32", self.backend.auto)
+        return Compilation(twin, self._compilation.threads, self.notes)
 
     def _get(self, key: tuple[Any, ...], make: Any) -> Any:
         if key not in self._cache:
@@ -373,7 +552,11 @@ class Loader:
         made: HiddenStateModel = self._get(
             ("hidden", dtype),
             lambda: HiddenStateModel(
-                self.model, device=self.device, dtype=dtype, trust_remote_code=self.trust_remote_code
+                self.model,
+                device=self.device,
+                dtype=dtype,
+                trust_remote_code=self.trust_remote_code,
+                compilation=self._compiled_for(dtype),
             ),
         )
         return made
@@ -393,6 +576,7 @@ class Loader:
                 pad_id=pad_id,
                 per_token=per_token,
                 lm_rows=rows,
+                compilation=self._compiled_for(dtype),
             ),
         )
         return made

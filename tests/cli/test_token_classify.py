@@ -91,7 +91,8 @@ def test_ner_parity_offsets_and_entities_match_transformers(ner: Path, tmp_path:
     assert first["token_ids"] == enc["input_ids"]
     with torch.inference_mode():
         raw = model(input_ids=torch.tensor([enc["input_ids"]])).logits[0].numpy()
-    assert np.abs(np.array(first["probs"]) - raw).max() < 1e-5
+    # float32 rounding of a differently ordered (compiled) sum: relative to logits of size ~5
+    np.testing.assert_allclose(np.array(first["probs"]), raw, rtol=1e-5, atol=1e-5)
     prompt_tokens = len(tok("query: ", add_special_tokens=False)["input_ids"])
     assert all(o == [0, 0] for o in first["offsets"][: 1 + prompt_tokens])
     body = slice(1 + prompt_tokens, -1)
