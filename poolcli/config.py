@@ -30,6 +30,7 @@ from poolcli.vocab import (
     OnTooLong,
     OutputDType,
     PoolingTask,
+    Quantize,
     ScoreTypeOpt,
     Task,
     TokenAggregation,
@@ -305,6 +306,10 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Compute dtype of the model body; heads always run in float32."""
     backend: Backend = "auto"
     """What runs the model body: torch, OpenVINO, or auto (poolcli.model.backend decides)."""
+    quantize: Quantize = "none"
+    """int8: the compiled body quantized with calibration rows the driver hands the engine."""
+    min_cosine: float = 0.98
+    """The int8 gate: the lowest cosine a held-out row may have against the float32 model."""
     threads: int | None = None
     """Threads for the model on CPU; None uses every core this process may run on."""
     max_batch_tokens: int | None = None
@@ -364,6 +369,8 @@ class DriverConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Error-row file (JSONL); None puts it beside the output."""
     text_field: str = "text"
     """Column or key holding the text."""
+    calibration: str | None = None
+    """--quantize int8: a file whose rows calibrate it (default: the input's first rows)."""
     id_field: str | None = None
     """Column or key holding the row id; None uses `id` when present, else the row number."""
     keep_columns: tuple[str, ...] = ()

@@ -83,6 +83,9 @@ class Request(msgspec.Struct, kw_only=True):
     device: str = "auto"
     dtype: str = "auto"
     backend: str = "auto"
+    quantize: str = "none"
+    min_cosine: float = 0.98
+    calibration: str | None = None
     hf_overrides: str | Mapping[str, Any] | None = None
     convert: str = "auto"
     trust_remote_code: bool = False
@@ -204,6 +207,9 @@ TASK_FIELDS: dict[Task, frozenset[str]] = {
         "enable_chunked_processing",
         "max_embed_len",
         "output_dtype",
+        "quantize",
+        "calibration",
+        "min_cosine",
         "outputs",
     },
     "token_embed": _COMMON
@@ -286,6 +292,8 @@ def build(req: Request) -> Configs:
         device=req.device,
         dtype=req.dtype,
         backend=req.backend,
+        quantize=req.quantize,
+        min_cosine=req.min_cosine,
         threads=req.threads,
         max_batch_tokens=parse_batch_tokens(req.max_batch_tokens),
         max_batch_size=req.max_batch_size,
@@ -314,6 +322,7 @@ def build(req: Request) -> Configs:
             output=req.output or default_output(req.input, req.task),
             errors=req.errors,
             text_field=req.text_field,
+            calibration=req.calibration,
             id_field=req.id_field,
             keep_columns=parse_keep_columns(req.keep_columns),
             part_rows=req.part_rows,
@@ -327,7 +336,30 @@ def build(req: Request) -> Configs:
             engine=req.engine,
             ray=_ray_config(req),
         )
+    _check_quantize(req)
     return Configs(engine, plan, task_options(req), driver)
+
+
+def _check_quantize(req: Request) -> None:
+    """int8 is for embed's dense vectors on the local driver; its options mean nothing without it."""
+    defaults = Request(task=req.task)
+    if req.quantize == "none":
+        given = [
+            f"--{n.replace('_', '-')}" for n in ("calibration", "min_cosine") if getattr(req, n) != getattr(defaults, n)
+        ]
+        if given:
+            raise UsageError(f"{', '.join(given)} apply to --quantize int8")
+        return
+    if req.task != "embed":
+        raise UsageError(f"--quantize {req.quantize} applies to embed, not {req.task}")
+    if req.backend == "torch":
+        raise UsageError("--quantize int8 quantizes the OpenVINO body: use --backend openvino (or auto)")
+    if req.engine == "ray":
+        raise UsageError("--quantize int8 runs on the local engine only (each Ray actor would calibrate its own)")
+    if not 0.0 < req.min_cosine <= 1.0:
+        raise UsageError(f"--min-cosine must be in (0, 1], got {req.min_cosine}")
+    if req.input == "-" and req.calibration is None:
+        raise UsageError("--quantize int8 on standard input needs --calibration FILE (stdin cannot be read twice)")
 
 
 def _ray_config(req: Request) -> RayConfig | None:

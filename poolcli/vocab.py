@@ -26,6 +26,9 @@ Backend = Literal["auto", "torch", "openvino"]
 """--backend: what runs the model body (token ids -> hidden states or logits); heads always run in torch."""
 ResolvedBackend = Literal["torch", "openvino"]
 
+Quantize = Literal["none", "int8"]
+"""--quantize: int8 is static quantization of the compiled body, calibrated on the job's own rows."""
+
 OutputDType = Literal["float32", "float16"]
 
 TruncationSide = Literal["right", "left"]

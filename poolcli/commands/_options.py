@@ -15,6 +15,7 @@ from poolcli.vocab import (
     DType,
     OnTooLong,
     OutputDType,
+    Quantize,
     ScoreTypeOpt,
     TruncationSide,
 )
@@ -84,6 +85,31 @@ BackendOpt = Annotated[
         "--backend",
         help="What runs the model body: torch, openvino (CPU, compiled once and cached), or auto (openvino on CPU "
         "when installed and the architecture is one it converts, else torch).",
+        rich_help_panel=_MODEL,
+    ),
+]
+QuantizeOpt = Annotated[
+    Quantize,
+    typer.Option(
+        "--quantize",
+        help="int8: static int8 of the OpenVINO body, calibrated on the input's first 300 rows (or "
+        "--calibration) and checked on the next 100 against float32 before anything is written.",
+        rich_help_panel=_MODEL,
+    ),
+]
+Calibration = Annotated[
+    str | None,
+    typer.Option(
+        "--calibration",
+        help="--quantize int8: calibrate on this file's rows (same format rules and --text-field as the input).",
+        rich_help_panel=_MODEL,
+    ),
+]
+MinCosine = Annotated[
+    float,
+    typer.Option(
+        "--min-cosine",
+        help="--quantize int8: stop if a held-out row's cosine to the float32 output is below this.",
         rich_help_panel=_MODEL,
     ),
 ]

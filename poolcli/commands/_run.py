@@ -41,8 +41,9 @@ def _trim(info: dict[str, Any], verbose: bool) -> dict[str, Any]:
     if not verbose:
         for key in ("padded_tokens", "batches", "padding_ratio", "oom_splits", "duplicates", "load_seconds", "threads"):
             info.pop(key, None)
-    if not info.get("convert_seconds"):
-        info.pop("convert_seconds", None)
+    for key in ("convert_seconds", "quantization"):
+        if not info.get(key):
+            info.pop(key, None)
     if not info.get("chunked_rows") and not info.get("chunks"):
         info.pop("chunked_rows", None)
         info.pop("chunks", None)

@@ -60,6 +60,8 @@ class Summary(msgspec.Struct, kw_only=True):
     """What ran the model body (torch, openvino)."""
     convert_seconds: float = 0.0
     """Time spent converting the body for a compiled backend (part of `load_seconds`; 0 when it was cached)."""
+    quantization: dict[str, Any] | None = None
+    """--quantize int8: the fidelity the run measured (also in the output's metadata)."""
     output: str = ""
     errors_file: str | None = None
     status: str = "ok"
@@ -164,6 +166,9 @@ def run_local(
                     else:
                         engine.load()
                         loaded = True
+                        if engine.fidelity is not None:
+                            # Outside the fingerprint: measured after it was fixed, and not a choice of the user's.
+                            store.metadata[b"poolcli_quantization"] = msgspec.json.encode(engine.fidelity)
                         _parts(engine, feed, cfg, progress, stop, summary, store)
                 finally:
                     store.close()
@@ -183,6 +188,8 @@ def run_local(
         summary.load_seconds = engine.load_seconds
         summary.backend = engine.loader.backend_used
         summary.convert_seconds = round(engine.loader.convert_seconds, 3)
+        if engine.fidelity is not None:
+            summary.quantization = msgspec.to_builtins(engine.fidelity)
     summary.seconds = time.monotonic() - started
     return Outcome(summary, error)
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from poolcli.drivers.feed import Feed
     from poolcli.drivers.local import Outcome
     from poolcli.engine.base import TaskEngine
+    from poolcli.engine.quantize import Calibration
     from poolcli.io.pairs import PairJob
     from poolcli.io.readers import Source
     from poolcli.model.resolve import ResolvedModel
@@ -67,6 +68,8 @@ def run_file_request(
         from poolcli.console import print_info
 
         engine.info = print_info
+    if eng.quantize != "none":
+        engine.calibration = read_calibration(driver)
     if driver.engine == "ray":
         from poolcli.drivers.ray import run_ray
 
@@ -164,4 +167,27 @@ def check_output_paths(driver: DriverConfig, sources: list[Source], model: Resol
         output_kind(driver.output),
         default_errors_path(driver),
         default_errors_path(driver, explicit=False),
+    )
+
+
+def read_calibration(driver: DriverConfig) -> Calibration:
+    """--quantize int8: the input's first rows split into calibration and held-out rows, or the --calibration
+    file's first rows to calibrate and the input's first rows held out. Read with readers of their own, so the
+    run's feed starts from the first row as always."""
+    from poolcli.engine.quantize import CALIBRATION_ROWS, HOLDOUT_ROWS, Calibration, split_sample
+    from poolcli.io.readers import InputSpec, open_source
+
+    def first(path: str, n: int) -> list[str]:
+        texts: list[str] = []
+        for block in open_source(InputSpec(path, driver.text_field, None, ())).blocks(n):
+            texts.extend(block.texts)
+            if len(texts) >= n:
+                break
+        return texts[:n]
+
+    if driver.calibration is None:
+        texts, holdout = split_sample(first(driver.inputs[0], CALIBRATION_ROWS + HOLDOUT_ROWS))
+        return Calibration(texts, holdout, "input")
+    return Calibration(
+        first(driver.calibration, CALIBRATION_ROWS), first(driver.inputs[0], HOLDOUT_ROWS), driver.calibration
     )

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
     from poolcli.engine.plan import Plan
+    from poolcli.engine.quantize import Calibration, Fidelity
     from poolcli.io.tables import EmbedTableBuilder
     from poolcli.model.load import Loader
     from poolcli.model.resolve import ResolvedModel
@@ -90,6 +91,10 @@ class TaskEngine(ABC):
         """Detail for --verbose (chunked rows)."""
         self.threads = 0
         self.load_seconds = 0.0
+        self.calibration: Calibration | None = None
+        """--quantize int8: the rows the driver read to calibrate and check the int8 body."""
+        self.fidelity: Fidelity | None = None
+        """--quantize int8: what the run measured of its int8 body (set by `load`)."""
         self._template: BatchTemplate | None = None
         self._stats = BatchStats()
 
@@ -104,6 +109,10 @@ class TaskEngine(ABC):
         }
         if self.loader.backend.name != "torch":  # torch runs keep the identity they had before backends existed
             identity["backend"] = self.loader.backend.name
+        if self.config.quantize != "none":
+            from poolcli.engine.quantize import describe
+
+            identity["quantize"] = describe(self.calibration, self.config)
         return identity
 
     @abstractmethod
@@ -122,8 +131,6 @@ class TaskEngine(ABC):
 
         started = time.monotonic()
         pad_id = self._load_model()
-        for level, text in self.loader.take_notes():
-            (self.warn if level == "warn" else self.info)(text)
         self.threads = configure_threads(self.config.threads, self.loader.device)
         budget = self.config.max_batch_tokens or default_budget(self.loader.device)
         self._template = BatchTemplate(
@@ -135,6 +142,13 @@ class TaskEngine(ABC):
             warn=self.warn,
         )
         self._template.stats = self._stats
+        if self.config.quantize != "none":
+            from poolcli.engine.quantize import quantize
+
+            assert isinstance(self, RowEngine)
+            self.fidelity = quantize(self)
+        for level, text in self.loader.take_notes():
+            (self.warn if level == "warn" else self.info)(text)
         self.load_seconds = round(time.monotonic() - started, 3)
 
     @abstractmethod

@@ -13,8 +13,11 @@ computes (within float rounding), `bf16` uses the CPU's native bf16 units where 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
+import logging
 import os
 import shutil
 import time
@@ -26,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from poolcli.errors import ConfigError
+from poolcli.errors import ConfigError, UsageError
 from poolcli.model.identity import fingerprint
 
 if TYPE_CHECKING:
@@ -248,3 +251,58 @@ def compile_body(
         },
     )
     return CompiledBody(compiled, names), converted
+
+
+def quantize_body(
+    source: CacheEntry,
+    entry: CacheEntry,
+    samples: Sequence[Sequence[Any]],
+    names: Sequence[str],
+    *,
+    threads: int,
+    note: Callable[[str], None],
+) -> tuple[CompiledBody, float]:
+    """The float32 body of `source` quantized to int8 with `samples` (one list of input arrays per sample), cached
+    under `entry`; also the seconds spent quantizing (0 on a cache hit)."""
+    import openvino as ov
+
+    try:
+        import nncf
+    except ImportError:
+        raise UsageError("--quantize int8 needs NNCF: pip install 'poolcli[openvino]'") from None
+    seconds = 0.0
+    if not entry.ready(note):
+        started = time.monotonic()
+        model = ov.Core().read_model(str(source.path / "model.xml"))
+        logging.getLogger("nncf").setLevel(logging.ERROR)
+        # NNCF draws progress bars on stdout, which may be the run's JSONL output.
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantized = nncf.quantize(
+                model,
+                nncf.Dataset(list(samples)),
+                model_type=nncf.ModelType.TRANSFORMER,
+                preset=nncf.QuantizationPreset.MIXED,
+                subset_size=len(samples),
+            )
+
+        def save(folder: Path) -> None:
+            ov.save_model(quantized, str(folder / "model.xml"), compress_to_fp16=False)
+
+        entry.publish(save)
+        seconds = time.monotonic() - started
+        note(f"quantized the model body to int8 in {seconds:.1f} s (cached in {entry.path})")
+    compiled = ov.Core().compile_model(
+        str(entry.path / "model.xml"),
+        "CPU",
+        {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"},
+    )
+    return CompiledBody(compiled, names), seconds
+
+
+def nncf_version() -> str | None:
+    try:
+        import nncf
+    except ImportError:
+        return None
+    return str(nncf.__version__)

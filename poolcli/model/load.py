@@ -176,6 +176,8 @@ class HiddenStateModel:
         self.device = device
         self.dtype = dtype
         self.compiled: CompiledBody | None = None
+        self.entry: CacheEntry | None = None
+        """The cache entry of the compiled float32 body (what int8 quantization starts from)."""
         self.model: Any = None
         names = ("input_ids", "attention_mask")
 
@@ -196,6 +198,7 @@ class HiddenStateModel:
         if compilation is not None:
             entry = compilation.entry(model, "AutoModel", names, "hidden")
             self.compiled = compilation.compile(entry, lambda: load(torch.float32), names, "hidden")
+            self.entry = entry if self.compiled is not None else None
         if self.compiled is None:
             self.model = load(dtype).to(device)
 
@@ -526,6 +529,24 @@ class Loader:
     def convert_seconds(self) -> float:
         """Seconds spent converting bodies for the compiled backend (0 when every body came from the cache)."""
         return self._compilation.convert_seconds if self._compilation is not None else 0.0
+
+    def quantize(self, samples: Sequence[Sequence[Any]], calibration: str) -> None:
+        """Replace every loaded compiled body by its int8 version, calibrated with `samples` (`calibration`: their
+        digest, part of the cache key)."""
+        from poolcli.model.compiled import CacheEntry, nncf_version, quantize_body
+
+        compilation = self._compilation
+        bodies = [m for m in self._cache.values() if isinstance(m, HiddenStateModel) and m.entry is not None]
+        if compilation is None or not bodies:
+            raise UsageError("--quantize int8 needs the OpenVINO backend, and this model runs with torch")
+        for body in bodies:
+            assert body.entry is not None and body.compiled is not None
+            parts = {k: v for k, v in body.entry.key_parts.items() if k not in ("format", "openvino")}
+            entry = CacheEntry({**parts, "quantize": "int8", "calibration": calibration, "nncf": nncf_version()})
+            body.compiled, seconds = quantize_body(
+                body.entry, entry, samples, body.compiled.names, threads=compilation.threads, note=compilation.note
+            )
+            compilation.convert_seconds += seconds
 
     def take_notes(self) -> list[tuple[str, str]]:
         """Notes on the backend since the last call: ("info" | "warn", text)."""
