@@ -76,7 +76,9 @@ def _st_model(backend: str) -> Any:
         config = "avx512_vnni" if "avx512_vnni" in flags else "avx512" if "avx512f" in flags else "avx2"
         model = SentenceTransformer(str(path), device="cpu", backend="onnx")
         export_dynamic_quantized_onnx_model(model, config, str(path))
-        kwargs = {"file_name": f"onnx/model_qint8_{config}.onnx"}
+        # avx2 exports unsigned weights (model_quint8_avx2.onnx), the AVX-512 configs signed ones (qint8).
+        exported = next((path / "onnx").glob(f"model_*int8_{config}.onnx"))
+        kwargs = {"file_name": f"onnx/{exported.name}"}
         return SentenceTransformer(str(path), device="cpu", backend="onnx", model_kwargs=kwargs)
     raise SystemExit(f"unknown --st-backend {backend}")
 

@@ -102,6 +102,10 @@ def quantize(engine: RowEngine) -> Fidelity:
     calibration = engine.calibration
     if calibration is None:
         raise UsageError("--quantize int8 needs calibration rows")
+    from poolcli.model.cpu import cpu_flags, fast_int8
+
+    if not fast_int8(cpu_flags()):
+        engine.warn("this CPU has no VNNI/AMX int8 instructions: --quantize int8 runs slower than float32 here")
     started = time.monotonic()
     template = engine.template
     counted = template.stats

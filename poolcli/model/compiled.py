@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from poolcli.errors import ConfigError, UsageError
+from poolcli.errors import CantCreateError, ConfigError, UsageError
 from poolcli.model.identity import fingerprint
 
 if TYPE_CHECKING:
@@ -174,6 +174,16 @@ class CacheEntry:
         self._discard(self.path)
         return False
 
+    def _sweep(self, older_than: float = 86400.0) -> None:
+        """Private directories left by runs killed while building (a day old: no live build takes that long)."""
+        now = time.time()
+        for p in self.dir.iterdir():
+            try:
+                if p.name.startswith((".tmp-", ".trash-")) and now - p.stat().st_mtime > older_than:
+                    shutil.rmtree(p, ignore_errors=True)
+            except OSError:
+                continue
+
     def _discard(self, path: Path) -> None:
         trash = self.dir / f".trash-{self.key}-{uuid.uuid4().hex}"
         try:
@@ -185,9 +195,16 @@ class CacheEntry:
     def publish(self, save: Callable[[Path], None]) -> None:
         """`save(dir)` writes the entry's files into a private directory, which is then renamed into place; a run
         that loses the race to a concurrent one keeps the winner's entry."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / f".tmp-{self.key}-{os.getpid()}-{uuid.uuid4().hex}"
-        tmp.mkdir()
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._sweep()
+            tmp = self.dir / f".tmp-{self.key}-{os.getpid()}-{uuid.uuid4().hex}"
+            tmp.mkdir()
+        except OSError as exc:
+            raise CantCreateError(
+                f"cannot write the compiled-model cache in {self.dir}: {exc.strerror or exc}",
+                hint=f"set {CACHE_ENV} to a writable directory, or use --backend torch",
+            ) from None
         try:
             save(tmp)
             files = {p.name: _file_digest(p) for p in sorted(tmp.iterdir()) if p.is_file()}

@@ -37,8 +37,10 @@ def native_bf16(flags: frozenset[str]) -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
-def has_avx512(flags: frozenset[str]) -> bool:
-    return "avx512f" in flags
+def fast_int8(flags: frozenset[str]) -> bool:
+    """int8 dot products in one instruction (VNNI or AMX); without them int8 kernels emulate them with several
+    AVX2 instructions and lose to float32 (measured 0.57x on all-MiniLM-L6-v2, docs/performance.md)."""
+    return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
 def describe(flags: frozenset[str]) -> str:

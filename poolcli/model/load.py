@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from poolcli.errors import ConfigError, UsageError
+from poolcli.errors import CantCreateError, ConfigError, UsageError
 from poolcli.pooler.heads import Dense, LmRowsHead, PositionScoreHead, RewardHead
 
 if TYPE_CHECKING:
@@ -150,7 +150,7 @@ class Compilation:
                 threads=self.threads,
                 note=self.note,
             )
-        except ConfigError as exc:
+        except (ConfigError, CantCreateError) as exc:
             if not self.choice.auto:
                 raise
             self.notes.append(("warn", f"{exc}; running it with torch"))

@@ -192,6 +192,31 @@ def test_the_cache_is_reused_and_a_damaged_entry_rebuilt(
     assert sorted(p.name for p in (cache / "openvino").iterdir()) == [entries[0].name]  # no leftovers
 
 
+def test_an_unwritable_cache(tiny_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Explicit OpenVINO without a writable cache: exit 73 naming the variable to set; auto: torch, with a warning.
+    Stale private directories of killed builds are swept."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    monkeypatch.setenv("POOLCLI_CACHE_DIR", str(blocker / "cache"))
+    src = write_jsonl(tmp_path / "in.jsonl", [{"text": t} for t in TEXTS])
+    proc = run_cli("embed", src, "-m", tiny_bert, "-o", tmp_path / "x.parquet", "--backend", "openvino")
+    assert proc.returncode == 73 and "POOLCLI_CACHE_DIR" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("embed", src, "-m", tiny_bert, "-o", tmp_path / "auto.parquet")
+    assert proc.returncode == 0 and summary_of(proc)["backend"] == "torch" and "running it with torch" in proc.stderr
+
+    import os
+    import time
+
+    cache = tmp_path / "cache"
+    stale = cache / "openvino" / ".tmp-0123-99-dead"
+    stale.mkdir(parents=True)
+    old = time.time() - 2 * 86400
+    os.utime(stale, (old, old))
+    monkeypatch.setenv("POOLCLI_CACHE_DIR", str(cache))
+    assert run_cli("embed", src, "-m", tiny_bert, "-o", tmp_path / "y.parquet", "--backend", "openvino").returncode == 0
+    assert not stale.exists()
+
+
 @pytest.mark.parametrize("native", [True, False], ids=["avx512_bf16", "avx2-only"])
 def test_bfloat16_follows_the_cpu_flags(native: bool, tiny_bert: Path, tmp_path: Path) -> None:
     """The flags decide: with native bf16 OpenVINO is compiled for bf16 (identity says bfloat16); without it,

@@ -54,16 +54,24 @@ def test_gate_refuses_before_writing_and_cache_is_reused(tiny_bert: Path, tmp_pa
     texts = [f"row {i} " + " ".join(paragraphs()[i].split()[:12]) for i in range(40)]
     src = write_jsonl(tmp_path / "in.jsonl", [{"text": t} for t in texts])
     out = tmp_path / "out.parquet"
-    proc = run_cli("embed", src, "-m", tiny_bert, "-o", out, "--quantize", "int8", "--min-cosine", "0.5", "-v")
+    proc = run_cli(
+        "embed", src, "-m", tiny_bert, "-o", out, "--quantize", "int8", "--min-cosine", "0.5", "-v",
+        env={"POOLCLI_CPU_FLAGS": "avx avx2 fma"},
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
+    assert "no VNNI/AMX int8 instructions" in proc.stderr  # the flags decide whether int8 can pay off
     first = summary_of(proc)
     assert first["convert_seconds"] > 0 and "quantized the model body to int8" in proc.stderr
     measured = first["quantization"]["min_cosine"]
     assert 0.5 <= measured < 1.0
 
     again = tmp_path / "again.parquet"
-    proc = run_cli("embed", src, "-m", tiny_bert, "-o", again, "--quantize", "int8", "--min-cosine", "0.5")
+    proc = run_cli(
+        "embed", src, "-m", tiny_bert, "-o", again, "--quantize", "int8", "--min-cosine", "0.5",
+        env={"POOLCLI_CPU_FLAGS": "avx2 avx512f avx512_vnni"},
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
+    assert "VNNI" not in proc.stderr
     assert "convert_seconds" not in summary_of(proc)  # the int8 body came from the cache
     np.testing.assert_array_equal(_vectors(again), _vectors(out))
 
