@@ -63,7 +63,7 @@ class ScoreEngine(TaskEngine):
         super().__init__(plan.model, loader, config, faults=faults, warn=warn)
         options = options or ScoreOptions()
         if rerank and options.top_n < 0:
-            raise UsageError(f"--top-n must be 0 (all) or more, got {options.top_n}")
+            raise UsageError(f"--top-n must be 0 or -1 (all), or a positive count, got {options.top_n}")
         self.task = "rerank" if rerank else "score"
         self.rerank = rerank
         self.plan = plan

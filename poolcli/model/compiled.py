@@ -174,6 +174,20 @@ class CacheEntry:
         self._discard(self.path)
         return False
 
+    def make_dir(self) -> None:
+        """The cache directory, ready to publish into (checked before a conversion spends its seconds)."""
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._sweep()
+        except OSError as exc:
+            raise self._cant(exc) from None
+
+    def _cant(self, exc: OSError) -> CantCreateError:
+        return CantCreateError(
+            f"cannot write the compiled-model cache in {self.dir}: {exc.strerror or exc}",
+            hint=f"set {CACHE_ENV} to a writable directory, or use --backend torch",
+        )
+
     def _sweep(self, older_than: float = 86400.0) -> None:
         """Private directories left by runs killed while building (a day old: no live build takes that long)."""
         now = time.time()
@@ -195,16 +209,12 @@ class CacheEntry:
     def publish(self, save: Callable[[Path], None]) -> None:
         """`save(dir)` writes the entry's files into a private directory, which is then renamed into place; a run
         that loses the race to a concurrent one keeps the winner's entry."""
+        self.make_dir()
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            self._sweep()
             tmp = self.dir / f".tmp-{self.key}-{os.getpid()}-{uuid.uuid4().hex}"
             tmp.mkdir()
         except OSError as exc:
-            raise CantCreateError(
-                f"cannot write the compiled-model cache in {self.dir}: {exc.strerror or exc}",
-                hint=f"set {CACHE_ENV} to a writable directory, or use --backend torch",
-            ) from None
+            raise self._cant(exc) from None
         try:
             save(tmp)
             files = {p.name: _file_digest(p) for p in sorted(tmp.iterdir()) if p.is_file()}
@@ -243,6 +253,7 @@ def compile_body(
 
     converted = 0.0
     if not entry.ready(note):
+        entry.make_dir()
         started = time.monotonic()
         module = make_module()
         try:
@@ -289,6 +300,7 @@ def quantize_body(
         raise UsageError("--quantize int8 needs NNCF: pip install 'poolcli[openvino]'") from None
     seconds = 0.0
     if not entry.ready(note):
+        entry.make_dir()
         started = time.monotonic()
         model = ov.Core().read_model(str(source.path / "model.xml"))
         logging.getLogger("nncf").setLevel(logging.ERROR)

@@ -39,7 +39,7 @@ def native_bf16(flags: frozenset[str]) -> bool:
 
 def fast_int8(flags: frozenset[str]) -> bool:
     """int8 dot products in one instruction (VNNI or AMX); without them int8 kernels emulate them with several
-    AVX2 instructions and lose to float32 (measured 0.57x on all-MiniLM-L6-v2, docs/performance.md)."""
+    AVX2 instructions and lose to float32 (measured 0.75x on all-MiniLM-L6-v2, docs/performance.md)."""
     return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
 
 

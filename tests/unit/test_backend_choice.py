@@ -108,3 +108,17 @@ def test_damaged_entries_are_not_used(tmp_path: Path, monkeypatch: pytest.Monkey
     assert not entry.ready(notes.append)
     other = CacheEntry({"model": "x", "quantize": "int8"})
     assert other.key != entry.key  # what decides the graph decides the key
+
+
+def test_stale_private_directories_are_swept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a build killed half-way left behind goes once it is a day old; a live build's directory stays."""
+    import time
+
+    monkeypatch.setenv("POOLCLI_CACHE_DIR", str(tmp_path))
+    stale, live = tmp_path / "openvino" / ".tmp-0123-99-dead", tmp_path / "openvino" / ".tmp-4567-98-live"
+    stale.mkdir(parents=True)
+    live.mkdir()
+    old = time.time() - 2 * 86400
+    os.utime(stale, (old, old))
+    CacheEntry({"model": "y"}).publish(lambda folder: (folder / "model.bin").write_bytes(b"w"))
+    assert not stale.exists() and live.exists()
