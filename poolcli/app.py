@@ -56,6 +56,19 @@ def _root(
     """Offline batch work with transformer pooling models."""
 
 
+_SEED_FLAGS = frozenset({"--task", "--runner", "--override-pooler-config"})
+
+
+def _long_options() -> dict[str, frozenset[str]]:
+    """Each subcommand's long option names, from the command tree Typer builds."""
+    group = typer.main.get_command(app)
+    commands = getattr(group, "commands", {})
+    return {
+        name: frozenset(o for p in cmd.params for o in (*p.opts, *p.secondary_opts) if o.startswith("--"))
+        for name, cmd in commands.items()
+    }
+
+
 def run(argv: list[str] | None = None) -> int:
     """The command line in-process: runs one command and returns its exit code (what `main` exits with)."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -66,6 +79,10 @@ def run(argv: list[str] | None = None) -> int:
         # A hang-up of the controlling terminal must not kill a cron or nohup'd batch job.
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
+        if any(a.startswith("--") and ("_" in a.split("=")[0] or a.split("=")[0] in _SEED_FLAGS) for a in args):
+            from poolcli.commands.spellings import normalize
+
+            args = normalize(args, _long_options())
         # Typer reports usage errors itself and exits 2; sysexits says 64.
         app(args=args, prog_name="poolcli", standalone_mode=True)
         code = 0

@@ -422,7 +422,7 @@ def task_options(req: Request) -> TaskOptions:
         query=req.query,
         cross=req.cross,
         group_by=req.group_by,
-        top_n=req.top_n,
+        top_n=0 if req.top_n == -1 else req.top_n,  # vLLM's "all"
         return_documents=req.return_documents,
         maxsim_normalize=req.maxsim_normalize,
         max_tokens_per_query=req.max_tokens_per_query,

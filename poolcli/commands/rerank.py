@@ -22,7 +22,7 @@ def rerank(
         None, "--group-by", help="Pairs file: the column naming each row's query.", rich_help_panel="Scoring"
     ),
     top_n: int = typer.Option(
-        0, "--top-n", help="Documents kept per query, best first (0: all).", rich_help_panel="Scoring"
+        0, "--top-n", help="Documents kept per query, best first (0 or -1: all).", rich_help_panel="Scoring"
     ),
     return_documents: bool = typer.Option(
         False, "--return-documents", help="Add each document's text to the output.", rich_help_panel="Scoring"

@@ -147,7 +147,7 @@ def _load_job(req: Request, driver: DriverConfig, opts: ScoreOptions) -> PairJob
             keep_columns=driver.keep_columns,
         )
     if opts.top_n < 0:
-        raise UsageError(f"--top-n must be 0 (all) or more, got {opts.top_n}")
+        raise UsageError(f"--top-n must be 0 or -1 (all), or a positive count, got {opts.top_n}")
     return load_rerank_job(
         driver.inputs, query=opts.query, group_by=opts.group_by, text_field=driver.text_field, id_field=driver.id_field
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import read_vectors, run_cli, summary_of
+from tests.conftest import read_vectors, run_cli, summary_of, write_jsonl
 
 
 def test_bad_input_table(tmp_path: Path) -> None:
@@ -240,3 +240,23 @@ def test_ray_options_are_checked_before_ray_is_needed(
     line = _one_line_error(run_cli("embed", one_row, "-m", tiny_bert, "-o", out, "--engine", "ray"), 64)
     assert "pip install 'poolcli[ray]'" in line
     assert not out.exists()
+
+
+def test_the_seeds_spellings(tiny_bert: Path, tmp_path: Path) -> None:
+    """vLLM's flag names work as poolcli's (and stay out of --help); a --task that contradicts the command is 64."""
+    src = write_jsonl(tmp_path / "in.jsonl", [{"text": "hello world"}, {"text": "the quick brown fox"}])
+    ours = tmp_path / "ours.parquet"
+    assert (
+        run_cli("embed", src, "-m", tiny_bert, "-o", ours, "--pooler-config", '{"pooling_type": "CLS"}').returncode == 0
+    )
+    seeds = tmp_path / "seeds.parquet"
+    proc = run_cli(
+        "embed", src, "-m", tiny_bert, "-o", seeds, "--override-pooler-config", '{"pooling_type": "CLS"}',
+        "--hf_overrides", "{}", "--max_model_len=64", "--task", "embed", "--runner", "pooling",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert read_vectors(seeds)[1].tolist() == read_vectors(ours)[1].tolist()
+    proc = run_cli("embed", src, "-m", tiny_bert, "-o", tmp_path / "x.parquet", "--task", "classify")
+    assert proc.returncode == 64 and "contradicts the subcommand embed" in proc.stderr
+    help_text = run_cli("embed", "--help").stdout
+    assert "--pooler-config" in help_text and "override-pooler" not in help_text and "hf_overrides" not in help_text

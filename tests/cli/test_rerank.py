@@ -200,3 +200,17 @@ def test_too_long_errors_name_the_side_at_fault(tiny_ce: Path, tiny_bert: Path, 
     assert [(Path(e["source"]).name, e["line"], e["message"]) for e in errors] == [
         ("q.jsonl", 2, "the query is longer than 8 tokens")
     ]
+
+
+def test_top_n_minus_one_keeps_every_document(tiny_ce: Path, tmp_path: Path) -> None:
+    """vLLM reads --top-n -1 as "all": the same table as 0; below -1 is a usage error."""
+    src = write_jsonl(tmp_path / "rows.jsonl", [{"id": "q", "query": "capital of france", "documents": DOCS}])
+    tables = []
+    for n in ("0", "-1"):
+        out = tmp_path / f"r{n}.parquet"
+        proc = run_cli("rerank", src, "-m", tiny_ce, "--top-n", n, "-o", out)
+        assert proc.returncode == 0, proc.stderr
+        tables.append(pq.read_table(out).to_pylist())
+    assert len(tables[1]) == len(DOCS) and tables[1] == tables[0]
+    proc = run_cli("rerank", src, "-m", tiny_ce, "--top-n", "-2", "-o", tmp_path / "bad.parquet")
+    assert proc.returncode == 64 and "--top-n must be 0 or -1 (all)" in proc.stderr
