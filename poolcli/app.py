@@ -59,12 +59,19 @@ def _root(
 _SEED_FLAGS = frozenset({"--task", "--runner", "--override-pooler-config"})
 
 
-def _long_options() -> dict[str, frozenset[str]]:
-    """Each subcommand's long option names, from the command tree Typer builds."""
+def _long_options() -> dict[str, dict[str, bool]]:
+    """Each subcommand's long option names and whether each takes a value, from the command tree Typer builds
+    (options are told from arguments by having `is_flag`: Typer carries its own copy of Click's classes)."""
     group = typer.main.get_command(app)
     commands = getattr(group, "commands", {})
     return {
-        name: frozenset(o for p in cmd.params for o in (*p.opts, *p.secondary_opts) if o.startswith("--"))
+        name: {
+            o: not (p.is_flag or getattr(p, "count", False))
+            for p in cmd.params
+            if hasattr(p, "is_flag")
+            for o in (*p.opts, *p.secondary_opts)
+            if o.startswith("--")
+        }
         for name, cmd in commands.items()
     }
 

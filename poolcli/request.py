@@ -356,6 +356,10 @@ def _check_quantize(req: Request) -> None:
         raise UsageError("--quantize int8 quantizes the OpenVINO body: use --backend openvino (or auto)")
     if req.engine == "ray":
         raise UsageError("--quantize int8 runs on the local engine only (each Ray actor would calibrate its own)")
+    if req.dtype not in ("auto", "float32"):
+        raise UsageError(
+            "--quantize int8 starts from the float32 body (its fidelity is measured against it): drop --dtype"
+        )
     if not 0.0 < req.min_cosine <= 1.0:
         raise UsageError(f"--min-cosine must be in (0, 1], got {req.min_cosine}")
     if req.input == "-" and req.calibration is None:

@@ -33,8 +33,9 @@ def _split(arg: str) -> tuple[str, str | None]:
     return (name, value) if eq else (arg, None)
 
 
-def normalize(args: list[str], options: Mapping[str, frozenset[str]]) -> list[str]:
-    """`args` with the seeds' spellings rewritten; `options` maps each subcommand to its long option names."""
+def normalize(args: list[str], options: Mapping[str, Mapping[str, bool]]) -> list[str]:
+    """`args` with the seeds' spellings rewritten; `options` maps each subcommand to its long option names and
+    whether each takes a value (whose next argument is then copied untouched, however it looks)."""
     command = next((a for a in args if not a.startswith("-")), "")
     if command not in options:
         return args
@@ -51,18 +52,22 @@ def normalize(args: list[str], options: Mapping[str, frozenset[str]]) -> list[st
             out.append(arg)
             continue
         name, value = _split(arg)
-        if name in ("--task", "--runner"):
+        if name in ("--task", "--runner") and name not in known:
             if value is None:
                 if i >= len(args):
                     raise UsageError(f"{name} needs a value")
                 value, i = args[i], i + 1
             _check(command, name, value)
             continue
-        name = ALIASES.get(name, name)
-        dashed = "--" + name[2:].replace("_", "-")
-        if name not in known and dashed in known:
-            name = dashed
+        if name not in known:
+            dashed = "--" + name[2:].replace("_", "-")
+            dashed = ALIASES.get(dashed, dashed)
+            if dashed in known:
+                name = dashed
         out.append(name if value is None else f"{name}={value}")
+        if value is None and known.get(name, False) and i < len(args):
+            out.append(args[i])  # the option's value: a query may well read like a flag
+            i += 1
     return out
 
 
@@ -72,7 +77,7 @@ def _check(command: str, flag: str, value: str) -> None:
             raise UsageError(f"--runner {value}: poolcli runs pooling models only (--runner pooling)")
         return
     served = TASKS.get(command, frozenset())
-    if value not in served:
+    if value != "auto" and value not in served:
         fits = sorted(c for c, tasks in TASKS.items() if value in tasks)
         where = f"; that is `poolcli {fits[0]}`" if fits else ""
         raise UsageError(f"--task {value} contradicts the subcommand {command}{where}")

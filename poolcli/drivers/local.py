@@ -186,7 +186,7 @@ def run_local(
         summary.duplicates = engine.stats.duplicates
         summary.threads = engine.threads
         summary.load_seconds = engine.load_seconds
-        summary.backend = engine.loader.backend_used
+        summary.backend = engine.loader.backend.name
         summary.convert_seconds = round(engine.loader.convert_seconds, 3)
         if engine.fidelity is not None:
             summary.quantization = msgspec.to_builtins(engine.fidelity)

@@ -388,7 +388,8 @@ class PartWorker:
             if ours != identity.get(key):
                 raise ConfigError(
                     f"a Ray worker would compute with {key} {ours!r} where the run recorded {identity.get(key)!r} "
-                    f"(auto settings resolve per machine): set --dtype, --device and --backend explicitly"
+                    "(auto settings and bf16 support resolve per machine): set --device, --backend and --dtype "
+                    "float32 explicitly, or run on workers of one CPU kind"
                 )
         self.schema = pa.ipc.open_stream(s.schema).schema if s.schema is not None else None
         self.engine.load()

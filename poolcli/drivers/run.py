@@ -188,6 +188,9 @@ def read_calibration(driver: DriverConfig) -> Calibration:
     if driver.calibration is None:
         texts, holdout = split_sample(first(driver.inputs[0], CALIBRATION_ROWS + HOLDOUT_ROWS))
         return Calibration(texts, holdout, "input")
+    if driver.inputs[0] == "-":  # standard input is read once, by the run: calibrate and hold out from the file
+        texts, holdout = split_sample(first(driver.calibration, CALIBRATION_ROWS + HOLDOUT_ROWS))
+        return Calibration(texts, holdout, driver.calibration)
     return Calibration(
         first(driver.calibration, CALIBRATION_ROWS), first(driver.inputs[0], HOLDOUT_ROWS), driver.calibration
     )

@@ -142,6 +142,8 @@ class TaskEngine(ABC):
             warn=self.warn,
         )
         self._template.stats = self._stats
+        for level, text in self.loader.take_notes():
+            (self.warn if level == "warn" else self.info)(text)
         if self.config.quantize != "none":
             from poolcli.engine.quantize import quantize
 

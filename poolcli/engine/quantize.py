@@ -119,7 +119,8 @@ def quantize(engine: RowEngine) -> Fidelity:
         got = _outputs(engine, calibration.holdout)
     finally:
         template.stats = counted
-    cosines = [_cosine(reference[i], got[i]) for i in sorted(reference) if i in got]
+    # A held-out row the int8 body cannot compute (non-finite) fails the gate instead of leaving the sample.
+    cosines = [_cosine(reference[i], got[i]) if i in got else -1.0 for i in sorted(reference)]
     fidelity = Fidelity(
         method="int8",
         min_cosine=round(min(cosines), 6),
@@ -146,9 +147,13 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def describe(calibration: Calibration | None, config: Any) -> dict[str, Any]:
-    """The identity of a quantized run: what decides its int8 body (a resumed run must calibrate the same)."""
+    """The identity of a quantized run: what decides its int8 body (a resumed run must calibrate the same; the
+    gate decides no byte, so a resume may change it)."""
+    from poolcli.model.compiled import nncf_version, openvino_version
+
     return {
         "method": config.quantize,
         "calibration_sha256": calibration.digest() if calibration is not None else None,
-        "min_cosine": config.min_cosine,
+        "nncf": nncf_version(),
+        "openvino": openvino_version(),
     }

@@ -16,6 +16,8 @@ from poolcli.errors import UsageError
 from poolcli.model.cpu import native_bf16
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import torch
 
     from poolcli.model.compiled import Precision
@@ -51,6 +53,7 @@ def choose_backend(
     trust_remote_code: bool,
     flags: frozenset[str],
     installed: bool,
+    cache_writable: Callable[[], bool] = lambda: True,
 ) -> BackendChoice:
     import torch
 
@@ -84,6 +87,8 @@ def choose_backend(
         why = "the model runs remote code"
     elif dtype == torch.float16:
         why = "OpenVINO does not compute float16 on CPUs"
+    elif not cache_writable():
+        why = "its cache directory is not writable (set POOLCLI_CACHE_DIR)"
     if why is not None:
         notes: list[tuple[NoteLevel, str]] = [("info", f"backend torch: OpenVINO not used because {why}")]
         if emulated:

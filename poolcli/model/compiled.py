@@ -55,6 +55,16 @@ def cache_root() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "poolcli"
 
 
+def cache_writable() -> bool:
+    """Whether a converted body could be saved (`auto` keeps torch where it could not, decided before the run's
+    identity is fixed)."""
+    try:
+        CacheEntry({}).make_dir()
+    except CantCreateError:
+        return False
+    return True
+
+
 def openvino_version() -> str | None:
     try:
         import openvino
@@ -178,6 +188,9 @@ class CacheEntry:
         """The cache directory, ready to publish into (checked before a conversion spends its seconds)."""
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
+            probe = self.dir / f".tmp-probe-{os.getpid()}-{uuid.uuid4().hex}"
+            probe.mkdir()
+            probe.rmdir()
             self._sweep()
         except OSError as exc:
             raise self._cant(exc) from None
@@ -204,6 +217,12 @@ class CacheEntry:
             path.rename(trash)
         except OSError:
             return  # gone already (another run discarded or replaced it)
+        if _valid(trash):
+            # Another run published a good entry between our check and the rename: put it back (if the place is
+            # still free; otherwise a third run's entry is there and ours goes).
+            with contextlib.suppress(OSError):
+                trash.rename(path)
+                return
         shutil.rmtree(trash, ignore_errors=True)
 
     def publish(self, save: Callable[[Path], None]) -> None:
@@ -216,7 +235,10 @@ class CacheEntry:
         except OSError as exc:
             raise self._cant(exc) from None
         try:
-            save(tmp)
+            try:
+                save(tmp)
+            except RuntimeError as exc:  # OpenVINO reports a failed write (disk full, EIO) as RuntimeError
+                raise self._cant(OSError(str(exc).strip().splitlines()[0][:200])) from None
             files = {p.name: _file_digest(p) for p in sorted(tmp.iterdir()) if p.is_file()}
             meta = {"files": files, "key": self.key_parts, "created": time.time()}
             (tmp / "entry.json").write_text(json.dumps(meta, indent=1, default=str))
@@ -233,6 +255,8 @@ class CacheEntry:
                     raise
             else:
                 _fsync_dir(self.dir)
+        except OSError as exc:
+            raise self._cant(exc) from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -268,17 +292,21 @@ def compile_body(
         entry.publish(save)
         converted = time.monotonic() - started
         note(f"converted the model body for OpenVINO in {converted:.1f} s (cached in {entry.path})")
-    core = ov.Core()
-    compiled = core.compile_model(
-        str(entry.path / "model.xml"),
-        "CPU",
-        {
-            "INFERENCE_PRECISION_HINT": precision,
-            "INFERENCE_NUM_THREADS": threads,
-            "PERFORMANCE_HINT": "LATENCY",
-        },
-    )
+    compiled = _compile(entry, {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads})
     return CompiledBody(compiled, names), converted
+
+
+def _compile(entry: CacheEntry, config: dict[str, Any]) -> Any:
+    import openvino as ov
+
+    try:
+        return ov.Core().compile_model(str(entry.path / "model.xml"), "CPU", {**config, "PERFORMANCE_HINT": "LATENCY"})
+    except RuntimeError as exc:  # e.g. the entry vanished or changed after it was checked
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"OpenVINO cannot compile the cached model {entry.path}: {first}",
+            hint=f"remove {entry.path} and rerun, or use --backend torch",
+        ) from None
 
 
 def quantize_body(
@@ -321,11 +349,7 @@ def quantize_body(
         entry.publish(save)
         seconds = time.monotonic() - started
         note(f"quantized the model body to int8 in {seconds:.1f} s (cached in {entry.path})")
-    compiled = ov.Core().compile_model(
-        str(entry.path / "model.xml"),
-        "CPU",
-        {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"},
-    )
+    compiled = _compile(entry, {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads})
     return CompiledBody(compiled, names), seconds
 
 

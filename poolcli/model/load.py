@@ -93,6 +93,17 @@ def _config(model: ResolvedModel, trust_remote_code: bool) -> Any:
     return config
 
 
+def _files_digest(folder: Path) -> str:
+    """sha256 of the files beside the weights that decide the traced graph: config.json and Python modules."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted([folder / "config.json", *folder.glob("*.py")]):
+        if f.is_file():
+            h.update(f"{f.name}\0".encode() + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 def _load_error(model: ResolvedModel, exc: Exception) -> ConfigError:
     return ConfigError(f"cannot load model {model.name}: {str(exc).splitlines()[0]}")
 
@@ -106,7 +117,6 @@ class Compilation:
         self.threads = threads
         self.notes = notes
         self.convert_seconds = 0.0
-        self.fell_back = False
 
     def note(self, text: str) -> None:
         self.notes.append(("info", text))
@@ -122,6 +132,8 @@ class Compilation:
         entry: CacheEntry = CacheEntry(
             {
                 "weights": weights_digest(Path(model.path)),
+                # The graph is traced from the config (activation, layer norm eps, ...) and any remote code.
+                "files": _files_digest(Path(model.path)),
                 "hf_overrides": model.hf_overrides,
                 "module": module,
                 "inputs": list(names),
@@ -135,9 +147,10 @@ class Compilation:
 
     def compile(
         self, entry: CacheEntry, make: Callable[[], nn.Module], names: Sequence[str], output: BodyOutput
-    ) -> CompiledBody | None:
-        """The compiled body, or None when `auto` chose the backend and the model does not convert (torch runs it,
-        with a warning: the architecture is one whose conversion is expected to work)."""
+    ) -> CompiledBody:
+        """The compiled body. A failure stops the run even under `auto`: the run's identity (fixed before loading,
+        so a finished output reruns without touching the model) already says OpenVINO, and an output must not mix
+        backends; `auto` avoids what it can foresee (an unchecked architecture, an unwritable cache) up front."""
         from poolcli.model.compiled import compile_body
 
         try:
@@ -151,11 +164,9 @@ class Compilation:
                 note=self.note,
             )
         except (ConfigError, CantCreateError) as exc:
-            if not self.choice.auto:
-                raise
-            self.notes.append(("warn", f"{exc}; running it with torch"))
-            self.fell_back = True
-            return None
+            if self.choice.auto and exc.hint is None:
+                exc.hint = "--backend torch runs it without OpenVINO"
+            raise
         self.convert_seconds += seconds
         return body
 
@@ -198,8 +209,8 @@ class HiddenStateModel:
         if compilation is not None:
             entry = compilation.entry(model, "AutoModel", names, "hidden")
             self.compiled = compilation.compile(entry, lambda: load(torch.float32), names, "hidden")
-            self.entry = entry if self.compiled is not None else None
-        if self.compiled is None:
+            self.entry = entry
+        else:
             self.model = load(dtype).to(device)
 
     def hidden_states(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
@@ -247,7 +258,7 @@ class LogitsModel:
         self.device = device
         self.dtype = dtype
         # A compiled body is converted from the float32 weights; its precision is chosen when it is compiled.
-        run_dtype, dtype = dtype, (torch.float32 if compilation is not None else dtype)
+        dtype = torch.float32 if compilation is not None else dtype
         self.per_token = per_token
         self.compiled: CompiledBody | None = None
         # Set when the model body runs alone and this head turns its hidden states into logits.
@@ -316,10 +327,7 @@ class LogitsModel:
             output: BodyOutput = "logits" if self.head is None else "hidden"
             entry = compilation.entry(model, type(module).__name__, names, output, pad_id=pad_id)
             self.compiled = compilation.compile(entry, lambda: module, names, output)
-            if self.compiled is not None:
-                self.model = None  # the compiled body holds its own copy of the weights
-            elif run_dtype != torch.float32:
-                self.model.to(run_dtype)
+            self.model = None  # the compiled body holds its own copy of the weights
 
     def logits(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None) -> Tensor:
         kwargs = {
@@ -496,6 +504,7 @@ class Loader:
         """Decide dtype and backend for `device` (the Ray driver decides for where its actors compute, which may be
         a device this machine lacks); nothing may have been loaded yet."""
         from poolcli.model.backend import choose_backend, openvino_installed
+        from poolcli.model.compiled import cache_writable
         from poolcli.model.cpu import cpu_flags
 
         assert not self._cache, "retarget before loading"
@@ -510,6 +519,7 @@ class Loader:
             trust_remote_code=self.trust_remote_code,
             flags=cpu_flags(),
             installed=openvino_installed(),
+            cache_writable=cache_writable,
         )
         compiled = self.backend.name != "torch"
         # What the body computes in: a compiled body falls back to float32 where the CPU lacks native bf16.
@@ -518,12 +528,6 @@ class Loader:
             self.dtype = torch.bfloat16 if self.backend.precision == "bf16" else torch.float32
         self.notes[:] = list(self.backend.notes)
         self._compilation = Compilation(self.backend, threads or usable_cores(), self.notes) if compiled else None
-
-    @property
-    def backend_used(self) -> str:
-        """The backend that runs the bodies loaded so far (torch where `auto` fell back after a failed conversion)."""
-        fell_back = self._compilation is not None and self._compilation.fell_back
-        return "torch" if fell_back else self.backend.name
 
     @property
     def convert_seconds(self) -> float:

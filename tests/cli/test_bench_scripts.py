@@ -22,18 +22,18 @@ def test_gpu_check_runs_on_cpu(st_model_factory, tmp_path: Path, monkeypatch: py
     monkeypatch.setattr(
         sys,
         "argv",
-        ["gpu_bench.py", "--device", "cpu", "--rows", "60", "--model", str(model), "--st-batch-sizes", "8,16",
+        ["gpu_bench.py", "--device", "cpu", "--rows", "40", "--model", str(model), "--st-batch-sizes", "8,16",
          "--out-dir", str(tmp_path)],
     )  # fmt: skip
     gpu_bench.main()
     report = json.loads((tmp_path / "gpu.json").read_text())
-    assert report["poolcli"]["summary"]["rows_out"] == 60
+    assert report["poolcli"]["summary"]["rows_out"] == 40
     assert report["poolcli"]["min_cosine_vs_st"] >= 0.99999  # float32 on a CPU: the same vectors
     assert set(report["sentence_transformers"]["runs"]) == {"8", "16"}
     assert report["oom_backoff"]["injected"] and report["oom_backoff"]["oom_splits"] > 0
     assert report["oom_backoff"]["min_cosine_vs_default_budget"] >= 0.99999
-    texts = [json.loads(line)["text"] for line in (tmp_path / "corpus-60.jsonl").open()]
-    assert len(set(texts)) == 60
+    texts = [json.loads(line)["text"] for line in (tmp_path / "corpus-40.jsonl").open()]
+    assert len(set(texts)) == 40
 
 
 def test_gpu_script_parses() -> None:

@@ -47,7 +47,7 @@ def test_minilm_int8_is_calibrated_checked_and_recorded(minilm_path: Path, tmp_p
     assert abs(cosines[90:].mean() - recorded["mean_cosine"]) < 1e-5
     assert not np.allclose(cosines, 1.0, atol=1e-6)  # it really is another (quantized) model
     meta = json.loads(pq.read_metadata(out).metadata[b"poolcli"])
-    assert meta["quantize"]["method"] == "int8" and meta["quantize"]["min_cosine"] == 0.98
+    assert meta["quantize"]["method"] == "int8" and meta["quantize"]["nncf"] and meta["quantize"]["openvino"]
 
 
 def test_gate_refuses_before_writing_and_cache_is_reused(tiny_bert: Path, tmp_path: Path) -> None:
@@ -110,6 +110,7 @@ def test_a_calibration_file(tiny_bert: Path, tmp_path: Path) -> None:
         (["--quantize", "int8", "--backend", "torch"], "use --backend openvino"),
         (["--quantize", "int8", "--min-cosine", "1.5"], "--min-cosine must be in (0, 1]"),
         (["--quantize", "int8", "--engine", "ray"], "local engine only"),
+        (["--quantize", "int8", "--dtype", "bfloat16"], "starts from the float32 body"),
     ],
 )
 def test_usage_errors(args: list[str], message: str, tiny_bert: Path, tmp_path: Path) -> None:
@@ -121,3 +122,19 @@ def test_usage_errors(args: list[str], message: str, tiny_bert: Path, tmp_path: 
 def test_stdin_needs_a_calibration_file(tiny_bert: Path) -> None:
     proc = run_cli("embed", "-", "-m", tiny_bert, "-o", "-", "--quantize", "int8", stdin=b'{"text": "x"}\n')
     assert proc.returncode == 64 and "needs --calibration FILE" in proc.stderr
+
+
+def test_stdin_with_a_calibration_file_keeps_every_row(tiny_bert: Path, tmp_path: Path) -> None:
+    """Standard input is read once, by the run: calibration and held-out rows both come from the file."""
+    calib = tmp_path / "calib.txt"
+    calib.write_text("\n".join(p[:100] for p in paragraphs()[200:240]) + "\n")
+    rows = "".join(json.dumps({"id": i, "text": paragraphs()[i][:60]}) + "\n" for i in range(110))
+    out = tmp_path / "out.parquet"
+    proc = run_cli(
+        "embed", "-", "-m", tiny_bert, "-o", out, "--quantize", "int8", "--calibration", calib, "--min-cosine", "0.5",
+        stdin=rows.encode(),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert pq.read_table(out).column("id").to_pylist() == list(range(110))
+    recorded = _quantization(out)
+    assert (recorded["calibration_rows"], recorded["holdout_rows"]) == (30, 10)

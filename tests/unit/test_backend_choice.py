@@ -106,6 +106,9 @@ def test_damaged_entries_are_not_used(tmp_path: Path, monkeypatch: pytest.Monkey
     entry.publish(lambda folder: (folder / "model.bin").write_bytes(b"weights" * 1000))
     (entry.path / "entry.json").write_text("{")  # a record cut short
     assert not entry.ready(notes.append)
+    entry.publish(lambda folder: (folder / "model.bin").write_bytes(b"weights" * 1000))
+    (entry.path / "model.bin").unlink()  # a partial copy
+    assert not entry.ready(notes.append) and not entry.path.exists()
     other = CacheEntry({"model": "x", "quantize": "int8"})
     assert other.key != entry.key  # what decides the graph decides the key
 

@@ -8,8 +8,8 @@ from poolcli.commands.spellings import normalize
 from poolcli.errors import UsageError
 
 OPTIONS = {
-    "embed": frozenset({"--pooler-config", "--hf-overrides", "--max-model-len", "--output"}),
-    "rerank": frozenset({"--top-n", "--pooler-config"}),
+    "embed": {"--pooler-config": True, "--hf-overrides": True, "--max-model-len": True, "--output": True},
+    "rerank": {"--top-n": True, "--query": True, "--max-tokens-per-query": True, "--return-documents": False},
 }
 
 
@@ -34,3 +34,24 @@ def test_task_and_runner_agree_or_are_refused() -> None:
         normalize(["embed", "x", "--runner", "generate"], OPTIONS)
     with pytest.raises(UsageError, match="needs a value"):
         normalize(["embed", "x", "--task"], OPTIONS)
+
+
+def test_values_are_never_rewritten() -> None:
+    """A value that reads like a flag (a query, say) is copied as it is, and vLLM's underscore form of an alias
+    works."""
+    args = ["rerank", "in.jsonl", "--query", "--max_tokens_per_query", "--return-documents", "--top_n", "3"]
+    assert normalize(args, OPTIONS) == [
+        "rerank", "in.jsonl", "--query", "--max_tokens_per_query", "--return-documents", "--top-n", "3",
+    ]  # fmt: skip
+    assert normalize(["rerank", "x", "--query", "--task", "--task", "auto"], OPTIONS) == [
+        "rerank",
+        "x",
+        "--query",
+        "--task",
+    ]
+    assert normalize(["embed", "x", "--override_pooler_config", "{}"], OPTIONS) == [
+        "embed",
+        "x",
+        "--pooler-config",
+        "{}",
+    ]
