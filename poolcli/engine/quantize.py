@@ -77,8 +77,14 @@ def _outputs(engine: RowEngine, texts: list[str]) -> dict[int, np.ndarray]:
         texts=texts,
         sources=["calibration"] * n,
         lines=[None] * n,
+        keep={c: [None] * n for c in engine.keep_columns},  # the output's kept columns, empty for these rows
     )
-    table = engine.run(block, engine.prepare(texts)).table
+    fixed = engine.builder.schema
+    try:
+        table = engine.run(block, engine.prepare(texts)).table
+    finally:
+        # These rows are not the run's: the run's first block, not them, fixes the output schema (id type).
+        engine.builder.schema = fixed
     if table is None:
         return {}
     ids = table.column(engine.id_column).to_pylist()

@@ -52,11 +52,13 @@ def test_minilm_int8_is_calibrated_checked_and_recorded(minilm_path: Path, tmp_p
 
 def test_gate_refuses_before_writing_and_cache_is_reused(tiny_bert: Path, tmp_path: Path) -> None:
     texts = [f"row {i} " + " ".join(paragraphs()[i].split()[:12]) for i in range(40)]
-    src = write_jsonl(tmp_path / "in.jsonl", [{"text": t} for t in texts])
+    # String ids: the calibration rows (numbered internally) must not fix the output's id type.
+    rows = [{"id": f"r{i:03d}", "text": t, "lang": "en"} for i, t in enumerate(texts)]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
     out = tmp_path / "out.parquet"
     proc = run_cli(
         "embed", src, "-m", tiny_bert, "-o", out, "--quantize", "int8", "--min-cosine", "0.5", "-v",
-        env={"POOLCLI_CPU_FLAGS": "avx avx2 fma"},
+        "--keep-columns", "lang", env={"POOLCLI_CPU_FLAGS": "avx avx2 fma"},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "no VNNI/AMX int8 instructions" in proc.stderr  # the flags decide whether int8 can pay off
@@ -64,6 +66,9 @@ def test_gate_refuses_before_writing_and_cache_is_reused(tiny_bert: Path, tmp_pa
     assert first["convert_seconds"] > 0 and "quantized the model body to int8" in proc.stderr
     measured = first["quantization"]["min_cosine"]
     assert 0.5 <= measured < 1.0
+    table = pq.read_table(out)
+    assert table.column("id").to_pylist() == [f"r{i:03d}" for i in range(40)]
+    assert table.column("lang").to_pylist() == ["en"] * 40 and table.schema.field("lang").type == "string"
 
     again = tmp_path / "again.parquet"
     proc = run_cli(
