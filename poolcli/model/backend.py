@@ -2,9 +2,10 @@
 architecture and this CPU's flags (`poolcli.model.cpu`).
 
 `auto` picks OpenVINO on CPU when it is installed, the architecture is one whose conversion the test-suite checks
-against torch, and the dtype is one OpenVINO computes natively here; otherwise torch, with the reason as a note
-(shown under --verbose). An explicit `--backend openvino` tries any architecture and fails with a clear message
-if it does not convert.
+against torch, the dtype is one OpenVINO computes here and its cache is writable; otherwise torch, with the reason
+as a note (shown under --verbose). Everything `auto` decides is decided here, before the run's identity is fixed:
+a conversion that fails later stops the run (78) rather than quietly switching backends inside one output. An
+explicit `--backend openvino` tries any architecture.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class BackendChoice(NamedTuple):
     precision: Precision
     """What OpenVINO computes in (f32 for torch runs too: unused there)."""
     auto: bool
-    """Chosen by `auto`: a conversion that fails falls back to torch instead of stopping the run."""
+    """Chosen by `auto` (a failed conversion then suggests `--backend torch` in its error)."""
     notes: tuple[tuple[NoteLevel, str], ...] = ()
 
 
