@@ -35,6 +35,7 @@ from poolcli.vocab import (
     Task,
     TokenAggregation,
     TruncationSide,
+    VectorDType,
 )
 
 
@@ -346,8 +347,8 @@ class PlanOptions(msgspec.Struct, frozen=True, kw_only=True):
 class EmbedOptions(msgspec.Struct, frozen=True, kw_only=True):
     """What `embed` adds to a run."""
 
-    output_dtype: OutputDType = "float32"
-    """Element type of stored vectors."""
+    output_dtype: VectorDType = "float32"
+    """Element type of stored vectors (binary/ubinary: packed bits)."""
     outputs: tuple[EmbedOutput, ...] = ("dense",)
     """BGE-M3: any of dense (`embedding`), sparse (`lexical_weights`), colbert (`colbert_embeddings`), all from
     one forward pass."""

@@ -30,6 +30,11 @@ Quantize = Literal["none", "int8"]
 """--quantize: int8 is static quantization of the compiled body, calibrated on the job's own rows."""
 
 OutputDType = Literal["float32", "float16"]
+"""Element type of stored float vectors (token-embed, BGE-M3's outputs)."""
+
+VectorDType = Literal["float32", "float16", "binary", "ubinary"]
+"""embed's vectors: floats, or one bit per dimension packed 8 to a byte (Sentence-Transformers' `binary`: int8
+offset by -128, `ubinary`: uint8; threshold 0)."""
 
 TruncationSide = Literal["right", "left"]
 

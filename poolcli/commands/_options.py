@@ -18,6 +18,7 @@ from poolcli.vocab import (
     Quantize,
     ScoreTypeOpt,
     TruncationSide,
+    VectorDType,
 )
 
 _MODEL = "Model"
@@ -56,6 +57,15 @@ IdField = Annotated[
 KeepColumns = Annotated[
     str | None,
     typer.Option("--keep-columns", help="Comma-separated input columns copied to the output.", rich_help_panel=_IO),
+]
+VectorDTypeOpt = Annotated[
+    VectorDType,
+    typer.Option(
+        "--output-dtype",
+        help="Element type of stored vectors; binary/ubinary pack one bit per dimension (value > 0) 8 to a byte, "
+        "as Sentence-Transformers' quantize_embeddings (binary: int8 offset by -128, ubinary: uint8).",
+        rich_help_panel=_IO,
+    ),
 ]
 OutputDTypeOpt = Annotated[
     OutputDType, typer.Option("--output-dtype", help="Element type of stored vectors.", rich_help_panel=_IO)

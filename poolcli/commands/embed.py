@@ -41,7 +41,7 @@ def embed(
     text_field: o.TextField = "text",
     id_field: o.IdField = None,
     keep_columns: o.KeepColumns = None,
-    output_dtype: o.OutputDTypeOpt = "float32",
+    output_dtype: o.VectorDTypeOpt = "float32",
     outputs: str = typer.Option(
         "dense",
         "--outputs",

@@ -81,6 +81,10 @@ class EmbedEngine(RowEngine):
 
         if self.multi:
             assert self.plan.model.bge_m3 is not None
+            if self.options.output_dtype not in ("float32", "float16"):
+                raise UsageError(
+                    f"--output-dtype {self.options.output_dtype} is for dense vectors, not BGE-M3's outputs"
+                )
             self.value_column = (
                 "embedding"
                 if "dense" in self.options.outputs

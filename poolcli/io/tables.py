@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from poolcli.errors import DataError, UsageError
 from poolcli.io.records import Block, Encoded
-from poolcli.vocab import OutputDType
+from poolcli.vocab import OutputDType, VectorDType
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -22,9 +22,26 @@ _ARROW_FLOAT = {"float32": pa.float32(), "float16": pa.float16()}
 _NP_FLOAT = {"float32": np.float32, "float16": np.float16}
 
 
-def vector_array(vectors: NDArray[np.float32], dtype: OutputDType) -> pa.FixedSizeListArray:
-    """[n, d] float32 -> fixed_size_list<dtype>[d], sharing the numpy buffer when no cast is needed."""
+_PACKED = {"binary": pa.int8(), "ubinary": pa.uint8()}
+
+
+def vector_field(name: str, dtype: VectorDType, dim: int) -> pa.Field:
+    """A vector column's field; packed bits say their dimension in the field's metadata."""
+    if dtype in _PACKED:
+        meta = {b"poolcli.dim": str(dim).encode(), b"poolcli.packing": f"{dtype}: numpy.packbits(v > 0)".encode()}
+        return pa.field(name, pa.list_(_PACKED[dtype], dim // 8), metadata=meta)
+    return pa.field(name, pa.list_(_ARROW_FLOAT[dtype], dim))
+
+
+def vector_array(vectors: NDArray[np.float32], dtype: VectorDType) -> pa.FixedSizeListArray:
+    """[n, d] float32 -> fixed_size_list<dtype>[d], sharing the numpy buffer when no cast is needed; binary and
+    ubinary pack the signs exactly as Sentence-Transformers' `quantize_embeddings` does."""
     n, d = vectors.shape
+    if dtype in _PACKED:
+        bits = np.packbits(np.asarray(vectors) > 0, axis=-1)
+        if dtype == "binary":
+            bits = (bits.astype(np.int16) - 128).astype(np.int8)
+        return pa.FixedSizeListArray.from_arrays(pa.array(bits.reshape(-1), type=_PACKED[dtype]), d // 8)
     flat = np.ascontiguousarray(vectors, dtype=_NP_FLOAT[dtype]).reshape(n * d)
     return pa.FixedSizeListArray.from_arrays(pa.array(flat, type=_ARROW_FLOAT[dtype]), d)
 
@@ -35,7 +52,9 @@ class EmbedTableBuilder:
     value_column = "embedding"
     """The column whose values the part validation checks for finiteness."""
 
-    def __init__(self, dim: int, dtype: OutputDType, keep_columns: tuple[str, ...]):
+    def __init__(self, dim: int, dtype: VectorDType, keep_columns: tuple[str, ...]):
+        if dtype in _PACKED and dim % 8:
+            raise UsageError(f"--output-dtype {dtype} packs 8 dimensions per byte; these vectors have {dim}")
         self.dim = dim
         self.dtype = dtype
         self.keep_columns = keep_columns
@@ -51,7 +70,7 @@ class EmbedTableBuilder:
             self.table(block.ids, np.zeros((n, self.dim), dtype=np.float32), [0] * n, [False] * n, block.keep)
 
     def value_fields(self) -> list[pa.Field]:
-        return [pa.field("embedding", pa.list_(_ARROW_FLOAT[self.dtype], self.dim))]
+        return [vector_field("embedding", self.dtype, self.dim)]
 
     def value_arrays(self, vectors: NDArray[np.float32]) -> list[tuple[str, pa.Array]]:
         return [("embedding", vector_array(vectors, self.dtype))]
@@ -109,7 +128,9 @@ class EmbedTableBuilder:
             arrays.append(arr)
             names.append(col)
         if self.schema is None or promoted:
-            fields = [pa.field(name, arr.type) for name, arr in zip(names, arrays, strict=True)]
+            # A value field with metadata (a packed vector's dimension) is taken as declared; the rest as built.
+            own = {f.name: f for f in self.value_fields() if f.metadata}
+            fields = [own.get(name) or pa.field(name, arr.type) for name, arr in zip(names, arrays, strict=True)]
             self.schema = pa.schema(fields)
         return pa.Table.from_arrays(arrays, schema=self.schema)
 
