@@ -137,15 +137,14 @@ def _engine(task: str, args: argparse.Namespace, model: str | None, job: Any = N
         Request(
             task=task,
             model=model,
+            device="cpu",
             dtype=args.dtype,
             backend=args.backend,
             max_batch_tokens=args.max_batch_tokens or "auto",
         )
     )
     resolved = resolve_model(model)
-    loader = Loader(
-        resolved, device="cpu", dtype=configs.engine.dtype, trust_remote_code=False, backend=configs.engine.backend
-    )
+    loader = Loader.from_config(resolved, configs.engine)
     engine = build_engine(task, resolved, loader, configs.engine, configs.plan, configs.options, job=job)
     engine.load()
     return engine

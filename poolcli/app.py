@@ -11,6 +11,7 @@ import traceback
 
 import typer
 
+from poolcli.commands import spellings
 from poolcli.commands.classify import classify
 from poolcli.commands.embed import embed
 from poolcli.commands.inspect import inspect
@@ -56,9 +57,6 @@ def _root(
     """Offline batch work with transformer pooling models."""
 
 
-_SEED_FLAGS = frozenset({"--task", "--runner", "--override-pooler-config"})
-
-
 def _long_options() -> dict[str, dict[str, bool]]:
     """Each subcommand's long option names and whether each takes a value, from the command tree Typer builds
     (options are told from arguments by having `is_flag`: Typer carries its own copy of Click's classes)."""
@@ -86,10 +84,8 @@ def run(argv: list[str] | None = None) -> int:
         # A hang-up of the controlling terminal must not kill a cron or nohup'd batch job.
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
-        if any(a.startswith("--") and ("_" in a.split("=")[0] or a.split("=")[0] in _SEED_FLAGS) for a in args):
-            from poolcli.commands.spellings import normalize
-
-            args = normalize(args, _long_options())
+        if spellings.applies(args):
+            args = spellings.normalize(args, _long_options())
         # Typer reports usage errors itself and exits 2; sysexits says 64.
         app(args=args, prog_name="poolcli", standalone_mode=True)
         code = 0

@@ -28,6 +28,12 @@ TASKS: dict[str, frozenset[str]] = {
 RUNNERS = frozenset({"pooling", "auto"})
 
 
+def applies(args: list[str]) -> bool:
+    """Whether `args` hold a spelling to rewrite (a cheap test, so a plain command line skips the rewrite)."""
+    names = (a.split("=", 1)[0] for a in args if a.startswith("--"))
+    return any("_" in n or n in ("--task", "--runner", *ALIASES) for n in names)
+
+
 def _split(arg: str) -> tuple[str, str | None]:
     name, eq, value = arg.partition("=")
     return (name, value) if eq else (arg, None)

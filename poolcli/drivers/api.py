@@ -73,14 +73,7 @@ class Model:
         self.resolved: ResolvedModel = resolve_model(
             engine.model, hf_overrides=engine.hf_overrides, convert=engine.convert, max_model_len=engine.max_model_len
         )
-        self.loader: Loader = Loader(
-            self.resolved,
-            device=engine.device,
-            dtype=engine.dtype,
-            trust_remote_code=engine.trust_remote_code,
-            backend=engine.backend,
-            threads=engine.threads,
-        )
+        self.loader: Loader = Loader.from_config(self.resolved, engine)
 
     @property
     def name(self) -> str:

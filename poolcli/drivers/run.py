@@ -112,14 +112,7 @@ def file_engine(
 
     eng, driver = configs.engine, configs.driver
     assert driver is not None
-    loader = Loader(
-        model,
-        device=eng.device,
-        dtype=eng.dtype,
-        trust_remote_code=eng.trust_remote_code,
-        backend=eng.backend,
-        threads=eng.threads,
-    )
+    loader = Loader.from_config(model, eng)
     return build_engine(
         task,
         model,

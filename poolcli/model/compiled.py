@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from poolcli.errors import CantCreateError, ConfigError, UsageError
+from poolcli.io.writers import fsync_dir
 from poolcli.model.identity import fingerprint
 
 if TYPE_CHECKING:
@@ -157,14 +158,6 @@ def _valid(entry: Path) -> bool:
         return False
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class CacheEntry:
     """One converted model in the cache: found and checked, or built and published atomically."""
 
@@ -245,7 +238,7 @@ class CacheEntry:
             for p in tmp.iterdir():
                 with open(p, "rb") as fh:
                     os.fsync(fh.fileno())
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             if self.path.exists() and not _valid(self.path):
                 self._discard(self.path)
             try:
@@ -254,7 +247,7 @@ class CacheEntry:
                 if not _valid(self.path):
                     raise
             else:
-                _fsync_dir(self.dir)
+                fsync_dir(self.dir)
         except OSError as exc:
             raise self._cant(exc) from None
         finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,20 @@ def weights_digest(root: Path) -> str:
     """sha256 over every weight file under `root` (sorted by relative path).
 
     Files are hashed in full up to 2 GiB in total; above that, each file contributes its size and its first and
-    last 8 MiB, which still catches any re-save or different checkpoint at a fraction of the cost.
+    last 8 MiB, which still catches any re-save or different checkpoint at a fraction of the cost. A process asks
+    for it several times (the run's identity, each compiled body's cache key): files whose size and mtime are
+    unchanged are not read again.
     """
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
-    total = sum(p.stat().st_size for p in files)
+    listing = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    return _digest(str(root), listing)
+
+
+@lru_cache(maxsize=32)
+def _digest(root_name: str, listing: tuple[tuple[str, int, int], ...]) -> str:
+    root = Path(root_name)
+    files = [Path(name) for name, _, _ in listing]
+    total = sum(size for _, size, _ in listing)
     h = hashlib.sha256()
     for p in files:
         size = p.stat().st_size

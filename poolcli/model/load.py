@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from torch import Tensor, nn
 
+    from poolcli.config import EngineConfig
     from poolcli.model.backend import BackendChoice
     from poolcli.model.compiled import BodyOutput, CacheEntry, CompiledBody
     from poolcli.model.resolve import DenseSpec, ResolvedModel
@@ -528,6 +529,18 @@ class Loader:
             self.dtype = torch.bfloat16 if self.backend.precision == "bf16" else torch.float32
         self.notes[:] = list(self.backend.notes)
         self._compilation = Compilation(self.backend, threads or usable_cores(), self.notes) if compiled else None
+
+    @classmethod
+    def from_config(cls, model: ResolvedModel, config: EngineConfig) -> Loader:
+        """The loader a run's engine settings describe (the file run's, the Python API's, each Ray actor's)."""
+        return cls(
+            model,
+            device=config.device,
+            dtype=config.dtype,
+            trust_remote_code=config.trust_remote_code,
+            backend=config.backend,
+            threads=config.threads,
+        )
 
     @property
     def convert_seconds(self) -> float:
