@@ -31,7 +31,7 @@ app = typer.Typer(
     help="Offline batch work with transformer pooling models: embed, classify, score, rerank, token-embed and "
     "token-classify files of text into Parquet.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
