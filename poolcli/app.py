@@ -23,6 +23,11 @@ from poolcli.console import print_error
 from poolcli.errors import PoolcliError
 from poolcli.version import __version__
 
+try:  # Typer >= 0.2x carries its own copy of Click; older ones use Click itself.
+    from typer._click import exceptions as _click_exceptions
+except ImportError:  # pragma: no cover
+    from click import exceptions as _click_exceptions  # type: ignore[no-redef]
+
 EX_USAGE = 64
 EX_SOFTWARE = 70
 
@@ -86,13 +91,18 @@ def run(argv: list[str] | None = None) -> int:
     try:
         if spellings.applies(args):
             args = spellings.normalize(args, _long_options())
-        # Typer reports usage errors itself and exits 2; sysexits says 64.
-        app(args=args, prog_name="poolcli", standalone_mode=True)
-        code = 0
+        # Not standalone: Click's usage errors come here, to be reported on one line like every other error.
+        result = app(args=args, prog_name="poolcli", standalone_mode=False)
+        code = result if isinstance(result, int) and not isinstance(result, bool) else 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         if code == 2:
             code = EX_USAGE
+    except _click_exceptions.ClickException as exc:
+        code = _click_error(exc)
+    except typer.Abort:
+        print_error("interrupted")
+        code = 130
     except PoolcliError as exc:
         if debug:
             traceback.print_exc()
@@ -108,6 +118,20 @@ def run(argv: list[str] | None = None) -> int:
         print_error(f"internal error: {type(exc).__name__}: {first}", hint="rerun with --debug for the traceback")
         code = EX_SOFTWARE
     return code
+
+
+def _click_error(exc: _click_exceptions.ClickException) -> int:
+    """A flag Click could not parse (unknown option, missing argument, value out of range): one line naming it and
+    where the help is, exit 64. `poolcli` alone prints the help (it is not an error to report)."""
+    if type(exc).__name__ == "NoArgsIsHelpError":
+        # Typer has printed the help already when Rich is installed; plain Click keeps it in the message.
+        if exc.format_message().strip():
+            typer.echo(exc.format_message())
+        return EX_USAGE
+    ctx = getattr(exc, "ctx", None)
+    hint = f"see {ctx.command_path} --help" if ctx is not None else "see poolcli --help"
+    print_error(exc.format_message().strip(), hint=hint)
+    return EX_USAGE
 
 
 def main(argv: list[str] | None = None) -> None:

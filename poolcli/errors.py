@@ -87,5 +87,10 @@ class Interrupted(PoolcliError):
     """The run was stopped by a signal; nothing partial was committed."""
 
     def __init__(self, signum: int) -> None:
-        super().__init__(f"interrupted by signal {signum}")
+        import signal
+
+        super().__init__(
+            f"stopped by {signal.Signals(signum).name}",
+            hint="what was committed is kept; rerun the same command to resume",
+        )
         self.exit_code = 128 + signum

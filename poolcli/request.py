@@ -279,7 +279,7 @@ def build(req: Request) -> Configs:
     try:
         flag_pooler = PoolerConfig(**flags).canonical()
     except (ValueError, TypeError) as exc:
-        raise UsageError(str(exc)) from None
+        raise UsageError(f"{_flags_named(str(exc), flags)}: {exc}") from None
     hf_overrides: dict[str, Any] = dict(preset.hf_overrides) if preset else {}
     hf_overrides.update(parse_mapping(req.hf_overrides, what="--hf-overrides"))
     engine = _convert(
@@ -435,6 +435,14 @@ def task_options(req: Request) -> TaskOptions:
     )
 
 
+def _flags_named(message: str, flags: Mapping[str, Any]) -> str:
+    """The pooler flags a `PoolerConfig` message is about, spelled as on the command line (its messages name
+    fields: "Dimensions must be greater than 0"); every flag given when it names none."""
+    text = message.lower().replace(" ", "_")
+    named = [k for k in flags if k in text] or list(flags)
+    return ", ".join("--" + k.replace("_", "-") for k in named)
+
+
 def _convert(cls: type[_T], **fields: Any) -> _T:
     """A config from plain values; a value of the wrong kind (e.g. an unknown dtype) is a usage error."""
     try:
@@ -495,12 +503,15 @@ def load_preset(value: str | None) -> tuple[Preset | None, str | None]:
     else:
         res = resources.files("poolcli.configs").joinpath(f"{value}.toml")
         if not res.is_file():
-            raise ConfigError(f"unknown preset {value!r}", hint=f"known presets: {', '.join(preset_names())}")
+            what = "no such file" if path.suffix == ".toml" else "no such preset"
+            raise ConfigError(
+                f"--config {value}: {what}", hint=f"known presets: {', '.join(preset_names())}, or a .toml file's path"
+            )
         text, name = res.read_text(encoding="utf-8"), value
     try:
         return msgspec.toml.decode(text, type=Preset), name
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise ConfigError(f"preset {name}: {exc}") from None
+        raise ConfigError(f"--config {name}: {exc}") from None
 
 
 def preset_names() -> list[str]:

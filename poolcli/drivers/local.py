@@ -238,9 +238,10 @@ def check_budget(cfg: DriverConfig, summary: Summary, *, final: bool = False) ->
     )
     if over_count or over_rate:
         limit = f"--max-errors {cfg.max_errors}" if over_count else f"--max-error-rate {cfg.max_error_rate}"
+        limit += " (or --strict)" if over_count and cfg.max_errors == 0 else ""
         raise ErrorBudgetExceeded(
             f"{summary.errors} error rows exceed {limit}; committed parts are kept, no _SUCCESS",
-            hint="see the error file; rerun resumes",
+            hint=f"the bad rows are in {default_errors_path(cfg)}; a rerun resumes",
         )
 
 

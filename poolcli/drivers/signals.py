@@ -10,6 +10,9 @@ from types import FrameType, TracebackType
 
 from poolcli.errors import Interrupted
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+"""The signals that stop a run between batches (exit 128 + the signal's number: 130, 143)."""
+
 
 class StopFlag:
     """Installed for the duration of a run (main thread only); restores the previous handlers afterwards."""
@@ -20,7 +23,7 @@ class StopFlag:
 
     def __enter__(self) -> StopFlag:
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in STOP_SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 

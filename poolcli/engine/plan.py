@@ -145,7 +145,7 @@ def resolve_prompt(opts: PlanOptions, model: ResolvedModel) -> tuple[str | None,
         return None, None
     if name not in prompts:
         known = ", ".join(sorted(prompts)) or "none"
-        raise UsageError(f"unknown prompt name {name!r}; this model and preset define: {known}")
+        raise UsageError(f"--prompt-name {name}: not one of this model's and preset's prompts ({known})")
     return prompts[name] or None, name
 
 

@@ -136,7 +136,9 @@ def test_missing_text_column_in_parquet(tmp_path: Path) -> None:
 
 
 def test_unknown_preset(one_row: Path) -> None:
+    """An unknown preset is a configuration that cannot be resolved: 78 (docs/exit-codes.md), naming --config."""
     line = _one_line_error(run_cli("embed", one_row, "--config", "nonexistent"), 78)
+    assert "--config nonexistent: no such preset" in line
     assert "e5" in line  # the known presets are listed
 
 

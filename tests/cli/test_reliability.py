@@ -263,6 +263,7 @@ def test_sigterm_mid_part_exits_143_and_resumes(tmp_path: Path, src: Path, tiny_
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
     assert '"status": "Interrupted"' in err  # the summary of what was committed
+    assert "poolcli: error: stopped by SIGTERM (what was committed is kept; rerun the same command" in err
     assert not (out / "_SUCCESS").exists()
     committed = {p.stem for p in markers.iterdir()}
     assert {p.stem for p in out.glob("part-*.parquet")} == committed  # no part without its marker
