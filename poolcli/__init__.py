@@ -6,6 +6,7 @@
     m = poolcli.load("./my-model", device="cpu")          # load once, call many times
     m.embed(texts, dimensions=256), m.classify(texts), m.score(pairs), m.rerank(query, documents)
     poolcli.run_file("embed", "in.jsonl", "out.parquet")  # what `poolcli embed` runs: parts, resume, error file
+    poolcli.plan_file("embed", "in.jsonl", "out.parquet") # its --dry-run: plan, rows, schema; nothing loaded
     ds = poolcli.map_dataset(ds, "embed", num_workers=4)  # a stage of your own Ray Data pipeline
 
 Heavy libraries (torch, transformers, pyarrow) are imported on first use, so importing poolcli is instant.
@@ -25,6 +26,7 @@ __all__ = [
     "embed",
     "load",
     "map_dataset",
+    "plan_file",
     "rerank",
     "run_file",
     "score",
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
         classify,
         embed,
         load,
+        plan_file,
         rerank,
         run_file,
         score,

@@ -312,6 +312,17 @@ Threads = Annotated[
     ),
 ]
 
+DryRun = Annotated[
+    bool,
+    typer.Option(
+        "--dry-run",
+        help="Check everything a run checks (options, input, model files, tokenizer, output path) and print its plan "
+        "as JSON on stdout: model, pooling plan, backend, input rows, output schema and paths, what a rerun would "
+        "resume. Loads no weights, writes nothing; exits as the run would for the same mistakes.",
+        rich_help_panel=_RUN,
+    ),
+]
+
 
 _SCORE = "Scoring"
 ColbertRoleOpt = Annotated[

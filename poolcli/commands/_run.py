@@ -6,6 +6,7 @@ check on them, lives in `poolcli.request`, shared with the Python API.
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 from poolcli.errors import ErrorBudgetExceeded, Interrupted
@@ -18,12 +19,19 @@ if TYPE_CHECKING:
 
 def execute(task: Task, flags: dict[str, Any]) -> None:
     """Run one command; print its summary line (also for a run stopped by a signal or the error budget, which
-    still reports what it committed), then raise the error that stopped it, if any."""
+    still reports what it committed), then raise the error that stopped it, if any. With --dry-run: print the
+    plan (JSON on stdout) or raise what the run would raise before loading its weights."""
     from poolcli.console import print_summary
     from poolcli.drivers.run import run_file_request
     from poolcli.request import Request
 
     req = Request.from_flags(task, flags)
+    if flags.get("dry_run"):
+        from poolcli.console import print_text
+        from poolcli.drivers.dry_run import plan_file_request
+
+        print_text(json.dumps(plan_file_request(req), indent=2, default=str))
+        return
     outcome = run_file_request(req, make_progress=_progress)
     if outcome.error is None or isinstance(outcome.error, Interrupted | ErrorBudgetExceeded):
         print_summary(_trim(outcome.summary.as_dict(), req.verbose), quiet=req.quiet)

@@ -62,6 +62,7 @@ def rerank(
     verbose: o.Verbose = False,
     seed: o.Seed = 0,
     threads: o.Threads = None,
+    dry_run: o.DryRun = False,
     engine: o.EngineOpt = "local",
     ray_address: o.RayAddress = None,
     num_workers: o.NumWorkers = 1,

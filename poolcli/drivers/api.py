@@ -402,6 +402,18 @@ def run_file(task: Task, input: str, output: str | None = None, **options: Any) 
     return summary
 
 
+def plan_file(task: Task, input: str, output: str | None = None, **options: Any) -> dict[str, Any]:
+    """What `run_file` with the same arguments would do, as `poolcli <task> ... --dry-run` prints it: the model,
+    the pooling plan, backend, dtype and device, the input's rows, the output schema and paths, and what a rerun
+    would resume. Raises exactly what `run_file` would raise before loading the weights; loads no weights and
+    writes nothing."""
+    from poolcli.drivers.dry_run import plan_file_request
+
+    check_fields(task, options, what=f"plan_file({task!r})")
+    req = Request(task=task, input=input, output=output, **{"quiet": True, "progress": False, **options})
+    return plan_file_request(req)
+
+
 def _progress(description: str, driver: Any) -> Any:
     from poolcli.console import make_progress
 

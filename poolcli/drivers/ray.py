@@ -90,6 +90,32 @@ def import_ray() -> Any:
     return ray
 
 
+def ray_store(
+    req: Request, engine: TaskEngine, sources: list[Source], job: PairJob | None, cfg: DriverConfig, faults: Faults
+) -> tuple[Any, PartStore, int, int]:
+    """What a Ray run checks before it opens its output (also a dry run's): Ray, the output kind, the block and
+    window sizes, the actors' precision; returns Ray, the output's store (not opened), the rows per part and the
+    window."""
+    ray = import_ray()
+    assert cfg.ray is not None
+    rc: RayConfig = cfg.ray
+    kind = output_kind(cfg.output)
+    if kind == "stdout":
+        raise UsageError("--engine ray writes a Parquet file or dataset directory, not -o -")
+    if job is None and "-" in sources[0].files:
+        raise UsageError("--engine ray cannot cut standard input into parts: give it a file")
+    block_rows = rc.batch_rows
+    window = min(engine.config.window_rows, block_rows)
+    if job is None and block_rows % window:
+        raise UsageError(f"--batch-rows ({block_rows}) must be a multiple of --window-rows ({window})")
+    _fix_precision(req, engine, rc)
+    identity = run_identity(engine, cfg, sources) | {"part_rows": block_rows, "driver": "ray"}
+    layout = Layout.for_output(str(Path(cfg.output).absolute()) + ("/" if kind == "dir" else ""), kind)
+    store = PartStore(layout, fingerprint(identity), identity, faults)
+    store.stale_error_files = [default_errors_path(cfg)]
+    return ray, store, block_rows, window
+
+
 def run_ray(
     req: Request,
     engine: TaskEngine,
@@ -101,25 +127,11 @@ def run_ray(
 ) -> Outcome:
     """Run one task on a Ray cluster, from its input to its committed output; see the module docstring."""
     started = time.monotonic()
-    ray = import_ray()
+    ray, store, block_rows, window = ray_store(req, engine, sources, job, cfg, faults)
     assert cfg.ray is not None
     rc: RayConfig = cfg.ray
-    kind = output_kind(cfg.output)
-    if kind == "stdout":
-        raise UsageError("--engine ray writes a Parquet file or dataset directory, not -o -")
-    if job is None and "-" in sources[0].files:
-        raise UsageError("--engine ray cannot cut standard input into parts: give it a file")
     summary = Summary(task=cfg.task, output=cfg.output)
-    block_rows = rc.batch_rows
-    window = min(engine.config.window_rows, block_rows)
-    if job is None and block_rows % window:
-        raise UsageError(f"--batch-rows ({block_rows}) must be a multiple of --window-rows ({window})")
-    _fix_precision(req, engine, rc)
-    identity = run_identity(engine, cfg, sources) | {"part_rows": block_rows, "driver": "ray"}
-    layout = Layout.for_output(str(Path(cfg.output).absolute()) + ("/" if kind == "dir" else ""), kind)
-    digest = fingerprint(identity)
-    store = PartStore(layout, digest, identity, faults)
-    store.stale_error_files = [default_errors_path(cfg)]
+    layout, digest, identity = store.layout, store.fingerprint, store.identity
     error: PoolcliError | None = None
     started_ray = False
     try:

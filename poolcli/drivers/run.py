@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from poolcli.config import DriverConfig, ScoreOptions
 from poolcli.errors import UsageError
@@ -28,6 +28,19 @@ if TYPE_CHECKING:
     from poolcli.model.resolve import ResolvedModel
 
 
+class Prepared(NamedTuple):
+    """A file run checked as far as it can be before anything is written or loaded (`prepare_file_run`)."""
+
+    configs: Configs
+    driver: DriverConfig
+    sources: list[Source]
+    job: PairJob | None
+    model: ResolvedModel
+    engine: TaskEngine
+    """Plan built, weights not loaded."""
+    faults: Faults
+
+
 def run_file_request(
     req: Request,
     *,
@@ -38,9 +51,41 @@ def run_file_request(
     progress display (none by default); `warn` receives warnings (stderr unless quiet, by default)."""
     import torch
 
-    from poolcli.console import NullProgress, print_warning
+    from poolcli.console import NullProgress
     from poolcli.drivers.feed import PairFeed, RowFeed
     from poolcli.drivers.local import run_local
+    from poolcli.engine.base import RowEngine
+
+    configs, driver, sources, job, model, engine, faults = prepare_file_run(req, warn=warn)
+    eng = configs.engine
+    if driver.engine == "ray":
+        from poolcli.drivers.ray import run_ray
+
+        progress = make_progress(f"{req.task} {model.name}", driver) if make_progress is not None else NullProgress()
+        return run_ray(req, engine, sources, job, driver, progress, faults)
+    feed: Feed
+    if job is not None:
+        from poolcli.engine.score import ScoreEngine
+
+        assert isinstance(engine, ScoreEngine)
+        feed = PairFeed(engine, part_rows=driver.part_rows)
+    else:
+        assert isinstance(engine, RowEngine)
+        feed = RowFeed(
+            sources[0], engine, window_rows=min(eng.window_rows, driver.part_rows), part_rows=driver.part_rows
+        )
+    torch.manual_seed(driver.seed)
+    description = f"{req.task} {model.name}"
+    progress = make_progress(description, driver) if make_progress is not None else NullProgress()
+    return run_local(engine, feed, driver, sources, progress, faults)
+
+
+def prepare_file_run(req: Request, *, warn: Callable[[str], None] | None = None, dry_run: bool = False) -> Prepared:
+    """Everything a file run checks before its driver opens the output: configs, input (or pair job), model,
+    output paths, plan and engine, calibration rows, part and window sizes; every refusal here has the exit
+    code the run gives. Nothing is written and no weights are loaded (`dry_run`: nor is the compiled-model
+    cache created to see whether it could be; `poolcli <task> --dry-run` continues in `drivers.dry_run`)."""
+    from poolcli.console import print_warning
     from poolcli.io.readers import InputSpec, open_source
     from poolcli.model.resolve import resolve_model
 
@@ -62,7 +107,13 @@ def run_file_request(
     )
     check_output_paths(driver, sources, model)
     engine = file_engine(
-        req.task, configs, model, job, faults, warn or (lambda message: print_warning(message, quiet=driver.quiet))
+        req.task,
+        configs,
+        model,
+        job,
+        faults,
+        warn or (lambda message: print_warning(message, quiet=driver.quiet)),
+        dry_run=dry_run,
     )
     if driver.verbose and not driver.quiet:
         from poolcli.console import print_info
@@ -70,32 +121,10 @@ def run_file_request(
         engine.info = print_info
     if eng.quantize != "none":
         engine.calibration = read_calibration(driver)
-    if driver.engine == "ray":
-        from poolcli.drivers.ray import run_ray
-
-        progress = make_progress(f"{req.task} {model.name}", driver) if make_progress is not None else NullProgress()
-        return run_ray(req, engine, sources, job, driver, progress, faults)
-    feed: Feed
-    if job is not None:
-        from poolcli.engine.score import ScoreEngine
-
-        assert isinstance(engine, ScoreEngine)
-        feed = PairFeed(engine, part_rows=driver.part_rows)
-    else:
-        from poolcli.engine.base import RowEngine
-
-        assert isinstance(engine, RowEngine)
-        if driver.part_rows % eng.window_rows and driver.part_rows > eng.window_rows:
-            raise UsageError(
-                f"--part-rows ({driver.part_rows}) must be a multiple of --window-rows ({eng.window_rows})"
-            )
-        feed = RowFeed(
-            sources[0], engine, window_rows=min(eng.window_rows, driver.part_rows), part_rows=driver.part_rows
-        )
-    torch.manual_seed(driver.seed)
-    description = f"{req.task} {model.name}"
-    progress = make_progress(description, driver) if make_progress is not None else NullProgress()
-    return run_local(engine, feed, driver, sources, progress, faults)
+    local_rows = job is None and driver.engine != "ray"  # a Ray run's parts are --batch-rows (its driver checks)
+    if local_rows and driver.part_rows % eng.window_rows and driver.part_rows > eng.window_rows:
+        raise UsageError(f"--part-rows ({driver.part_rows}) must be a multiple of --window-rows ({eng.window_rows})")
+    return Prepared(configs, driver, sources, job, model, engine, faults)
 
 
 def file_engine(
@@ -105,14 +134,17 @@ def file_engine(
     job: PairJob | None,
     faults: Faults,
     warn: Callable[[str], None] = lambda message: None,
+    *,
+    dry_run: bool = False,
 ) -> TaskEngine:
-    """The engine of a file run, on `model` as the request's configs say: the local driver's, and each Ray actor's."""
+    """The engine of a file run, on `model` as the request's configs say: the local driver's, each Ray actor's,
+    and a dry run's (its loader decides device, dtype and backend, and loads nothing)."""
     from poolcli.engine.tasks import build_engine
     from poolcli.model.load import Loader
 
     eng, driver = configs.engine, configs.driver
     assert driver is not None
-    loader = Loader.from_config(model, eng)
+    loader = Loader.from_config(model, eng, dry_run=dry_run)
     return build_engine(
         task,
         model,

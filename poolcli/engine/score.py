@@ -101,6 +101,17 @@ class ScoreEngine(TaskEngine):
     def empty_schema(self) -> pa.Schema:
         return self.builder.empty_schema()
 
+    def output_schema(self) -> pa.Schema:
+        """The schema of the whole job's output, before any pair is scored (a dry run's): the table builder's
+        table of every pair that is not an error row already, with kept columns typed by their values as the
+        assembled output types them."""
+        job = self.job
+        if self.rerank or not self.keep_columns:
+            return self.empty_schema()
+        good = [p for p, pair in enumerate(job.pairs) if _pair_error(job, pair, rerank=False) is None]
+        table = self._score_table(good, dict.fromkeys(good, 0.0))
+        return table.schema if table is not None else self.empty_schema()
+
     def units(self, part_rows: int) -> Units:
         """How many units the job has, and how many go in one part of about `part_rows` pairs."""
         job = self.job

@@ -33,6 +33,7 @@ import msgspec
 
 from poolcli.errors import BusyError, CantCreateError, ConfigError, InternalError, OutputIOError
 from poolcli.faults import NO_FAULTS, Faults
+from poolcli.io.safety import probe_dir
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -87,6 +88,19 @@ def _marker_file(k: int) -> str:
 
 def _errors_file(k: int) -> str:
     return f"part-{k:05d}.jsonl"
+
+
+class StoreState(msgspec.Struct, kw_only=True):
+    """What a run would do with its output (`PartStore.inspect`, a dry run's answer)."""
+
+    status: Literal["new", "complete", "resume", "replace"]
+    """new: nothing there yet; complete: the output is finished by this very command, a rerun is a no-op;
+    resume: `parts` committed parts match and are skipped; replace: an earlier output or state is removed first
+    (--overwrite)."""
+    parts: int = 0
+    rows: int = 0
+    """Output rows already committed (complete: the whole output)."""
+    errors: int = 0
 
 
 class PartMarker(msgspec.Struct, kw_only=True):
@@ -197,28 +211,11 @@ class PartStore:
         except OSError as exc:
             raise CantCreateError(f"cannot create {lay.final}: {exc.strerror}") from None
         self._lock()
-        complete = self._complete()
+        complete, state_fp = self._check(overwrite=overwrite)
         if complete and not overwrite:
             if lay.kind == "file":
                 self._remove_state()  # left by a crash after the final rename
             return True
-        state_fp = self._state_fingerprint()
-        if state_fp is not None and state_fp != self.fingerprint and not overwrite:
-            raise ConfigError(
-                f"{lay.final} holds a run with a different fingerprint (model, options or input changed)",
-                hint="rerun the original command to finish it, or pass --overwrite",
-            )
-        if state_fp is None and self._foreign_output() and not overwrite:
-            ours = lay.kind == "file" and final_file_fingerprint(lay.final) is not None
-            raise ConfigError(
-                f"{lay.final} already exists and holds "
-                + (
-                    "the output of a different command (model, options or input changed)"
-                    if ours
-                    else "files not written by this command"
-                ),
-                hint="pass --overwrite to replace it",
-            )
         # Same fingerprint and unfinished: resume, even with --overwrite (the result would be the same bytes).
         fresh = complete or state_fp != self.fingerprint
         try:
@@ -248,6 +245,75 @@ class PartStore:
         self.done = self._load_markers()
         return False
 
+    def _check(self, *, overwrite: bool) -> tuple[bool, str | None]:
+        """What `open` finds, read only: whether the output is complete, and the fingerprint of an unfinished
+        run's state; refuses (exit 78) an output of another command unless `overwrite`."""
+        lay = self.layout
+        complete = self._complete()
+        if complete and not overwrite:
+            return True, None
+        state_fp = self._state_fingerprint()
+        if state_fp is not None and state_fp != self.fingerprint and not overwrite:
+            raise ConfigError(
+                f"{lay.final} holds a run with a different fingerprint (model, options or input changed)",
+                hint="rerun the original command to finish it, or pass --overwrite",
+            )
+        if state_fp is None and self._foreign_output() and not overwrite:
+            ours = lay.kind == "file" and final_file_fingerprint(lay.final) is not None
+            raise ConfigError(
+                f"{lay.final} already exists and holds "
+                + (
+                    "the output of a different command (model, options or input changed)"
+                    if ours
+                    else "files not written by this command"
+                ),
+                hint="pass --overwrite to replace it",
+            )
+        return complete, state_fp
+
+    def inspect(self, *, overwrite: bool) -> StoreState:
+        """What `open` would find and decide, creating, locking and removing nothing (a dry run): the same
+        refusals (the output cannot be created: 73; another run holds it: 75; it holds another command's
+        output: 78), and whether the run would be a no-op, resume committed parts, or start afresh."""
+        lay = self.layout
+        problem = probe_dir(lay.final if lay.kind == "dir" else lay.final.parent)
+        if problem is not None:
+            raise CantCreateError(f"cannot create {lay.final}: {problem.strerror or problem}")
+        if self._held():
+            raise self._busy()
+        complete, state_fp = self._check(overwrite=overwrite)
+        if complete and not overwrite:
+            rows, errors = self.committed()
+            return StoreState(status="complete", rows=rows, errors=errors)
+        if complete or state_fp != self.fingerprint:
+            there = complete or state_fp is not None or self._foreign_output()
+            return StoreState(status="replace" if there else "new")
+        done = self._load_markers()
+        return StoreState(
+            status="resume",
+            parts=len(done),
+            rows=sum(m.rows_ok for m in done.values()),
+            errors=sum(m.rows_err for m in done.values()),
+        )
+
+    def _held(self) -> bool:
+        """Another run holds the output's lock (asked with a shared lock on the file, if there is one; nothing is
+        created)."""
+        try:
+            fh = open(self.layout.lock, "rb")
+        except OSError:
+            return False
+        with fh:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        return False
+
+    def _busy(self) -> BusyError:
+        return BusyError(f"another poolcli run is writing {self.layout.final}", hint="retry when it ends")
+
     def _lock(self) -> None:
         path = self.layout.lock
         while True:
@@ -259,9 +325,7 @@ class PartStore:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 fh.close()
-                raise BusyError(
-                    f"another poolcli run is writing {self.layout.final}", hint="retry when it ends"
-                ) from None
+                raise self._busy() from None
             # The previous holder removes the lock file when it ends; a lock on a removed file guards nothing.
             try:
                 same = os.stat(path).st_ino == os.fstat(fh.fileno()).st_ino
@@ -333,7 +397,7 @@ class PartStore:
         lay = self.layout
         if lay.kind == "file":
             return lay.final.exists()
-        return any(p.name not in (".poolcli", ".poolcli.lock") for p in lay.final.iterdir())
+        return lay.final.is_dir() and any(p.name not in (".poolcli", ".poolcli.lock") for p in lay.final.iterdir())
 
     def _load_markers(self) -> dict[int, PartMarker]:
         done: dict[int, PartMarker] = {}

@@ -9,6 +9,7 @@ resolved) and, for files that exist, by inode (hard links). Any overlap is a usa
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -105,3 +106,22 @@ def check_paths(
         raise UsageError(f"--errors {errors} collides with the output's hidden state files", hint="rename it")
     if os.path.isdir(err):
         raise UsageError(f"--errors {errors} is a directory", hint="give a file path")
+
+
+def probe_dir(path: Path) -> OSError | None:
+    """Whether a run could create the directory `path` and write in it, found without leaving anything behind (a
+    dry run's check): an empty hidden directory is made and removed at once in `path`, or in its nearest parent
+    that exists. Permissions alone would not tell (root may write anywhere but in /proc, on a read-only mount,
+    ...). Returns the error the run would meet, or None."""
+    at = path
+    while not os.path.lexists(at) and at != at.parent:
+        at = at.parent
+    if not at.is_dir():
+        return NotADirectoryError(20, "Not a directory", str(at))
+    probe = at / f".poolcli-probe-{os.getpid()}-{uuid.uuid4().hex}"
+    try:
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as exc:
+        return exc
+    return None

@@ -56,9 +56,13 @@ def cache_root() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "poolcli"
 
 
-def cache_writable() -> bool:
+def cache_writable(*, create: bool = True) -> bool:
     """Whether a converted body could be saved (`auto` keeps torch where it could not, decided before the run's
-    identity is fixed)."""
+    identity is fixed). `create=False` (a dry run): the same answer without creating the cache directory."""
+    if not create:
+        from poolcli.io.safety import probe_dir
+
+        return probe_dir(CacheEntry({}).dir) is None
     try:
         CacheEntry({}).make_dir()
     except CantCreateError:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from poolcli.errors import CantCreateError, ConfigError, UsageError
+from poolcli.errors import CantCreateError, ConfigError, InternalError, UsageError
 from poolcli.pooler.heads import Dense, LmRowsHead, PositionScoreHead, RewardHead
 
 if TYPE_CHECKING:
@@ -492,10 +492,14 @@ class Loader:
         trust_remote_code: bool,
         backend: Backend = "torch",
         threads: int | None = None,
+        dry_run: bool = False,
     ) -> None:
 
         self.model = model
         self.trust_remote_code = trust_remote_code
+        self.dry_run = dry_run
+        """Decide the device, dtype and backend only: nothing is created (the compiled-model cache is probed, not
+        made) and nothing may be loaded."""
         self._requested = (dtype, backend, threads)
         self._cache: dict[tuple[Any, ...], Any] = {}
         self.notes: list[tuple[str, str]] = []
@@ -520,7 +524,7 @@ class Loader:
             trust_remote_code=self.trust_remote_code,
             flags=cpu_flags(),
             installed=openvino_installed(),
-            cache_writable=cache_writable,
+            cache_writable=(lambda: cache_writable(create=False)) if self.dry_run else cache_writable,
         )
         compiled = self.backend.name != "torch"
         # What the body computes in: a compiled body falls back to float32 where the CPU lacks native bf16.
@@ -531,8 +535,9 @@ class Loader:
         self._compilation = Compilation(self.backend, threads or usable_cores(), self.notes) if compiled else None
 
     @classmethod
-    def from_config(cls, model: ResolvedModel, config: EngineConfig) -> Loader:
-        """The loader a run's engine settings describe (the file run's, the Python API's, each Ray actor's)."""
+    def from_config(cls, model: ResolvedModel, config: EngineConfig, *, dry_run: bool = False) -> Loader:
+        """The loader a run's engine settings describe (the file run's, the Python API's, each Ray actor's, and a
+        dry run's, which decides but creates and loads nothing)."""
         return cls(
             model,
             device=config.device,
@@ -540,6 +545,7 @@ class Loader:
             trust_remote_code=config.trust_remote_code,
             backend=config.backend,
             threads=config.threads,
+            dry_run=dry_run,
         )
 
     @property
@@ -581,6 +587,8 @@ class Loader:
         return Compilation(twin, self._compilation.threads, self.notes)
 
     def _get(self, key: tuple[Any, ...], make: Any) -> Any:
+        if self.dry_run:
+            raise InternalError("a dry run's loader loads nothing")
         if key not in self._cache:
             self._cache[key] = make()
         return self._cache[key]
