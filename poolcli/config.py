@@ -28,7 +28,6 @@ from poolcli.vocab import (
     DType,
     EmbedOutput,
     OnTooLong,
-    OutputDType,
     PoolingTask,
     Quantize,
     ScoreTypeOpt,
@@ -278,8 +277,8 @@ class TokenClassifyOptions(msgspec.Struct, frozen=True, kw_only=True):
 class TokenEmbedOptions(msgspec.Struct, frozen=True, kw_only=True):
     """What `token-embed` adds to a run."""
 
-    output_dtype: OutputDType = "float16"
-    """Element type of stored per-token vectors."""
+    output_dtype: VectorDType = "float16"
+    """Element type of stored per-token vectors (int8/uint8: calibrated ranges; binary/ubinary: packed bits)."""
     skip_special_tokens: bool = False
     """Leave out the vectors of the tokenizer's special tokens ([CLS], [SEP], <s>, </s>, ...)."""
     colbert_role: ColbertRole | None = None
@@ -348,7 +347,7 @@ class EmbedOptions(msgspec.Struct, frozen=True, kw_only=True):
     """What `embed` adds to a run."""
 
     output_dtype: VectorDType = "float32"
-    """Element type of stored vectors (binary/ubinary: packed bits)."""
+    """Element type of stored vectors (int8/uint8: calibrated ranges; binary/ubinary: packed bits)."""
     outputs: tuple[EmbedOutput, ...] = ("dense",)
     """BGE-M3: any of dense (`embedding`), sparse (`lexical_weights`), colbert (`colbert_embeddings`), all from
     one forward pass."""
@@ -371,7 +370,8 @@ class DriverConfig(msgspec.Struct, frozen=True, kw_only=True):
     text_field: str = "text"
     """Column or key holding the text."""
     calibration: str | None = None
-    """--quantize int8: a file whose rows calibrate it (default: the input's first rows)."""
+    """--quantize int8 and --output-dtype int8/uint8: a file whose rows (texts, or for the output ranges vectors)
+    calibrate them (default: the input's first rows)."""
     id_field: str | None = None
     """Column or key holding the row id; None uses `id` when present, else the row number."""
     keep_columns: tuple[str, ...] = ()

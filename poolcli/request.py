@@ -343,12 +343,15 @@ def build(req: Request) -> Configs:
 def _check_quantize(req: Request) -> None:
     """int8 is for embed's dense vectors on the local driver; its options mean nothing without it."""
     defaults = Request(task=req.task)
+    scalar = req.output_dtype in ("int8", "uint8")
+    if scalar:
+        _check_scalar_output(req)
     if req.quantize == "none":
-        given = [
-            f"--{n.replace('_', '-')}" for n in ("calibration", "min_cosine") if getattr(req, n) != getattr(defaults, n)
-        ]
+        names = ("min_cosine",) if scalar else ("calibration", "min_cosine")
+        given = [f"--{n.replace('_', '-')}" for n in names if getattr(req, n) != getattr(defaults, n)]
         if given:
-            raise UsageError(f"{', '.join(given)} apply to --quantize int8")
+            also = "" if given == ["--min-cosine"] else " and --output-dtype int8/uint8"
+            raise UsageError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to --quantize int8{also}")
         return
     if req.task != "embed":
         raise UsageError(f"--quantize {req.quantize} applies to embed, not {req.task}")
@@ -364,6 +367,27 @@ def _check_quantize(req: Request) -> None:
         raise UsageError(f"--min-cosine must be in (0, 1], got {req.min_cosine}")
     if req.input == "-" and req.calibration is None:
         raise UsageError("--quantize int8 on standard input needs --calibration FILE (stdin cannot be read twice)")
+
+
+def _check_scalar_output(req: Request) -> None:
+    """int8/uint8 vectors need ranges calibrated once per run on rows the driver can read before the run does."""
+    dtype = req.output_dtype
+    if req.input is None:
+        raise UsageError(
+            f"output_dtype={dtype!r} needs ranges calibrated on a sample of the job, which in-memory calls do not "
+            "have: use run_file (or the command line), or embed float32 and quantize with Sentence-Transformers' "
+            "quantize_embeddings(..., ranges=...)"
+        )
+    if req.engine == "ray":
+        raise UsageError(
+            f"--output-dtype {dtype} runs on the local engine (its ranges are calibrated once per run); with "
+            "--engine ray write float32 or binary"
+        )
+    if req.input == "-" and req.calibration is None:
+        raise UsageError(
+            f"--output-dtype {dtype} calibrates its ranges on the input's first rows and standard input is read "
+            "once: give --calibration FILE (texts, or an earlier float32 output's vectors)"
+        )
 
 
 def _ray_config(req: Request) -> RayConfig | None:

@@ -30,11 +30,15 @@ Quantize = Literal["none", "int8"]
 """--quantize: int8 is static quantization of the compiled body, calibrated on the job's own rows."""
 
 OutputDType = Literal["float32", "float16"]
-"""Element type of stored float vectors (token-embed, BGE-M3's outputs)."""
+"""Element type of stored float vectors (BGE-M3's outputs)."""
 
-VectorDType = Literal["float32", "float16", "binary", "ubinary"]
-"""embed's vectors: floats, or one bit per dimension packed 8 to a byte (Sentence-Transformers' `binary`: int8
-offset by -128, `ubinary`: uint8; threshold 0)."""
+VectorDType = Literal["float32", "float16", "int8", "uint8", "binary", "ubinary"]
+"""embed's and token-embed's vectors, with the conventions of Sentence-Transformers' `quantize_embeddings`: floats;
+`int8`/`uint8`, one of 256 buckets per dimension between that dimension's calibrated min and max (int8 offset by
+-128); or one bit per dimension (value > 0) packed 8 to a byte (`binary`: int8 offset by -128, `ubinary`: uint8)."""
+
+ScalarDType = Literal["int8", "uint8"]
+"""The vector dtypes that need calibrated per-dimension ranges."""
 
 TruncationSide = Literal["right", "left"]
 

@@ -14,7 +14,6 @@ from poolcli.vocab import (
     DriverKind,
     DType,
     OnTooLong,
-    OutputDType,
     Quantize,
     ScoreTypeOpt,
     TruncationSide,
@@ -62,13 +61,11 @@ VectorDTypeOpt = Annotated[
     VectorDType,
     typer.Option(
         "--output-dtype",
-        help="Element type of stored vectors; binary/ubinary pack one bit per dimension (value > 0) 8 to a byte, "
-        "as Sentence-Transformers' quantize_embeddings (binary: int8 offset by -128, ubinary: uint8).",
+        help="Element type of stored vectors, as Sentence-Transformers' quantize_embeddings: int8/uint8 bucket "
+        "each dimension into 256 steps of its calibrated range (--calibration, default the input's first 1000 rows; "
+        "ranges in the file metadata); binary/ubinary pack one bit per dimension (value > 0) 8 to a byte.",
         rich_help_panel=_IO,
     ),
-]
-OutputDTypeOpt = Annotated[
-    OutputDType, typer.Option("--output-dtype", help="Element type of stored vectors.", rich_help_panel=_IO)
 ]
 
 ModelOpt = Annotated[
@@ -111,7 +108,9 @@ Calibration = Annotated[
     str | None,
     typer.Option(
         "--calibration",
-        help="--quantize int8: calibrate on this file's rows (same format rules and --text-field as the input).",
+        help="Rows that calibrate --quantize int8 and --output-dtype int8/uint8 (same format rules and --text-field "
+        "as the input); for the output ranges, a file with the output's vector column (an earlier float32 run's "
+        "output) gives them directly.",
         rich_help_panel=_MODEL,
     ),
 ]
@@ -311,7 +310,6 @@ Threads = Annotated[
         rich_help_panel=_RUN,
     ),
 ]
-
 DryRun = Annotated[
     bool,
     typer.Option(

@@ -49,7 +49,7 @@ def _trim(info: dict[str, Any], verbose: bool) -> dict[str, Any]:
     if not verbose:
         for key in ("padded_tokens", "batches", "padding_ratio", "oom_splits", "duplicates", "load_seconds", "threads"):
             info.pop(key, None)
-    for key in ("convert_seconds", "quantization"):
+    for key in ("convert_seconds", "quantization", "output_ranges"):
         if not info.get(key):
             info.pop(key, None)
     if not info.get("chunked_rows") and not info.get("chunks"):

@@ -40,7 +40,8 @@ def token_embed(
     text_field: o.TextField = "text",
     id_field: o.IdField = None,
     keep_columns: o.KeepColumns = None,
-    output_dtype: o.OutputDTypeOpt = "float16",
+    output_dtype: o.VectorDTypeOpt = "float16",
+    calibration: o.Calibration = None,
     skip_special_tokens: bool = typer.Option(
         False,
         "--skip-special-tokens",

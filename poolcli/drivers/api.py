@@ -17,6 +17,7 @@ empty text, a too-long text with `on_too_long="error"`) raises `RowError` by def
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -60,10 +61,13 @@ class Model:
     Each kind of weights a task needs (the model body, a classifier, a float32 copy for non-finite recomputes) is
     loaded once and kept for later calls."""
 
-    def __init__(self, model: str | None = None, *, config: str | None = None, **engine_options: Any) -> None:
+    def __init__(
+        self, model: str | os.PathLike[str] | None = None, *, config: str | None = None, **engine_options: Any
+    ) -> None:
         from poolcli.model.load import Loader
         from poolcli.model.resolve import resolve_model
 
+        model = os.fspath(model) if model is not None else None
         unknown = sorted(set(engine_options) - ENGINE_FIELDS)
         if unknown:
             raise UsageError(f"poolcli.load() takes no option {', '.join(unknown)}")
@@ -332,7 +336,7 @@ def _m3_outputs(table: pa.Table) -> dict[str, Any]:
     return out
 
 
-def load(model: str | None = None, *, config: str | None = None, **engine_options: Any) -> Model:
+def load(model: str | os.PathLike[str] | None = None, *, config: str | None = None, **engine_options: Any) -> Model:
     """Resolve `model` (a directory or a cached Hugging Face id; None: the bundled all-MiniLM-L6-v2) once; the
     weights load at the first call that needs them. Options: `device`, `dtype`, `threads`, `max_batch_tokens`,
     `max_batch_size`, `window_rows`, `trust_remote_code`, `hf_overrides`, `convert`, `max_model_len`, and

@@ -22,6 +22,7 @@ from poolcli.errors import ErrorBudgetExceeded, PoolcliError
 from poolcli.faults import NO_FAULTS, Faults
 from poolcli.io.parts import Layout, PartMarker, PartStore, PartWriter
 from poolcli.io.safety import OutputKind
+from poolcli.io.tables import RANGES_KEY, OutputRanges
 from poolcli.io.writers import ErrorFileSink, JsonlStdoutSink, default_output
 from poolcli.model.identity import fingerprint
 from poolcli.version import __version__
@@ -62,6 +63,8 @@ class Summary(msgspec.Struct, kw_only=True):
     """Time spent converting the body for a compiled backend (part of `load_seconds`; 0 when it was cached)."""
     quantization: dict[str, Any] | None = None
     """--quantize int8: the fidelity the run measured (also in the output's metadata)."""
+    output_ranges: dict[str, Any] | None = None
+    """--output-dtype int8/uint8: what calibrated the ranges (the ranges are in the output's metadata)."""
     output: str = ""
     errors_file: str | None = None
     status: str = "ok"
@@ -164,11 +167,15 @@ def run_local(
                         if summary.errors and errors_path.is_file():
                             summary.errors_file = str(errors_path)
                     else:
+                        _reuse_ranges(engine, store)
                         engine.load()
                         loaded = True
                         if engine.fidelity is not None:
                             # Outside the fingerprint: measured after it was fixed, and not a choice of the user's.
                             store.metadata[b"poolcli_quantization"] = msgspec.json.encode(engine.fidelity)
+                        ranges = getattr(engine, "output_ranges", None)
+                        if ranges is not None:
+                            store.metadata[RANGES_KEY] = msgspec.json.encode(ranges)
                         _parts(engine, feed, cfg, progress, stop, summary, store)
                 finally:
                     store.close()
@@ -190,8 +197,27 @@ def run_local(
         summary.convert_seconds = round(engine.loader.convert_seconds, 3)
         if engine.fidelity is not None:
             summary.quantization = msgspec.to_builtins(engine.fidelity)
+        ranges = getattr(engine, "output_ranges", None)
+        if ranges is not None:
+            summary.output_ranges = {
+                "precision": ranges.precision,
+                "rows": ranges.rows,
+                "vectors": ranges.vectors,
+                "source": ranges.source,
+            }
     summary.seconds = time.monotonic() - started
     return Outcome(summary, error)
+
+
+def _reuse_ranges(engine: TaskEngine, store: PartStore) -> None:
+    """A resumed int8/uint8 run buckets its vectors in the ranges its committed parts were written with."""
+    from poolcli.engine.base import RowEngine
+
+    if not isinstance(engine, RowEngine) or engine.scalar_output is None or not store.done:
+        return
+    recorded = store.recorded(RANGES_KEY)
+    if recorded is not None:
+        engine.use_ranges(msgspec.json.decode(recorded, type=OutputRanges))
 
 
 def _stream(

@@ -21,8 +21,9 @@ if TYPE_CHECKING:
     from poolcli.console import Progress
     from poolcli.drivers.feed import Feed
     from poolcli.drivers.local import Outcome
-    from poolcli.engine.base import TaskEngine
+    from poolcli.engine.base import RowEngine, TaskEngine
     from poolcli.engine.quantize import Calibration
+    from poolcli.engine.ranges import RangeSample
     from poolcli.io.pairs import PairJob
     from poolcli.io.readers import Source
     from poolcli.model.resolve import ResolvedModel
@@ -86,6 +87,7 @@ def prepare_file_run(req: Request, *, warn: Callable[[str], None] | None = None,
     code the run gives. Nothing is written and no weights are loaded (`dry_run`: nor is the compiled-model
     cache created to see whether it could be; `poolcli <task> --dry-run` continues in `drivers.dry_run`)."""
     from poolcli.console import print_warning
+    from poolcli.engine.base import RowEngine
     from poolcli.io.readers import InputSpec, open_source
     from poolcli.model.resolve import resolve_model
 
@@ -121,6 +123,8 @@ def prepare_file_run(req: Request, *, warn: Callable[[str], None] | None = None,
         engine.info = print_info
     if eng.quantize != "none":
         engine.calibration = read_calibration(driver)
+    if isinstance(engine, RowEngine) and engine.scalar_output is not None:
+        engine.range_sample = read_range_sample(driver, engine)
     local_rows = job is None and driver.engine != "ray"  # a Ray run's parts are --batch-rows (its driver checks)
     if local_rows and driver.part_rows % eng.window_rows and driver.part_rows > eng.window_rows:
         raise UsageError(f"--part-rows ({driver.part_rows}) must be a multiple of --window-rows ({eng.window_rows})")
@@ -195,20 +199,26 @@ def check_output_paths(driver: DriverConfig, sources: list[Source], model: Resol
     )
 
 
-def read_calibration(driver: DriverConfig) -> Calibration:
-    """--quantize int8: the input's first rows split into calibration and held-out rows, or the --calibration
-    file's first rows to calibrate and the input's first rows held out. Read with readers of their own, so the
-    run's feed starts from the first row as always."""
-    from poolcli.engine.quantize import CALIBRATION_ROWS, HOLDOUT_ROWS, Calibration, split_sample
+def _first_texts(path: str, text_field: str, n: int) -> list[str]:
+    """The texts of a file's first `n` good rows, read with a reader of its own (the run's feed starts from the
+    first row as always)."""
     from poolcli.io.readers import InputSpec, open_source
 
+    texts: list[str] = []
+    for block in open_source(InputSpec(path, text_field, None, ())).blocks(n):
+        texts.extend(block.texts)
+        if len(texts) >= n:
+            break
+    return texts[:n]
+
+
+def read_calibration(driver: DriverConfig) -> Calibration:
+    """--quantize int8: the input's first rows split into calibration and held-out rows, or the --calibration
+    file's first rows to calibrate and the input's first rows held out."""
+    from poolcli.engine.quantize import CALIBRATION_ROWS, HOLDOUT_ROWS, Calibration, split_sample
+
     def first(path: str, n: int) -> list[str]:
-        texts: list[str] = []
-        for block in open_source(InputSpec(path, driver.text_field, None, ())).blocks(n):
-            texts.extend(block.texts)
-            if len(texts) >= n:
-                break
-        return texts[:n]
+        return _first_texts(path, driver.text_field, n)
 
     if driver.calibration is None:
         texts, holdout = split_sample(first(driver.inputs[0], CALIBRATION_ROWS + HOLDOUT_ROWS))
@@ -219,3 +229,17 @@ def read_calibration(driver: DriverConfig) -> Calibration:
     return Calibration(
         first(driver.calibration, CALIBRATION_ROWS), first(driver.inputs[0], HOLDOUT_ROWS), driver.calibration
     )
+
+
+def read_range_sample(driver: DriverConfig, engine: RowEngine) -> RangeSample:
+    """--output-dtype int8/uint8: the vectors of a --calibration file that has the output's vector column (an
+    earlier float32 run's output), else the texts of its first rows, else of the input's first rows."""
+    from poolcli.engine.ranges import RANGE_ROWS, RangeSample
+    from poolcli.io.vectors import has_column, read_vectors
+
+    path = driver.calibration
+    if path is not None and has_column(path, engine.value_column):
+        vectors, rows = read_vectors(path, engine.value_column, engine.builder.dim, RANGE_ROWS)
+        return RangeSample([], vectors, rows, path)
+    texts = _first_texts(path or driver.inputs[0], driver.text_field, RANGE_ROWS)
+    return RangeSample(texts, None, len(texts), path or "input")

@@ -23,11 +23,11 @@ import numpy as np
 
 from poolcli.config import EngineConfig
 from poolcli.engine.batch import BatchStats, BatchTemplate, Collated, OnBatch, StopCheck, default_budget
-from poolcli.errors import InternalError
+from poolcli.errors import ConfigError, InternalError, UsageError
 from poolcli.faults import NO_FAULTS, Faults
 from poolcli.io.records import Block, Encoded, ErrorRow
 from poolcli.model.identity import weights_digest
-from poolcli.vocab import ErrorCode
+from poolcli.vocab import ErrorCode, ScalarDType
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 
     from poolcli.engine.plan import Plan
     from poolcli.engine.quantize import Calibration, Fidelity
-    from poolcli.io.tables import EmbedTableBuilder
+    from poolcli.engine.ranges import RangeSample
+    from poolcli.io.tables import EmbedTableBuilder, OutputRanges
     from poolcli.model.load import Loader
     from poolcli.model.resolve import ResolvedModel
 
@@ -149,6 +150,12 @@ class TaskEngine(ABC):
 
             assert isinstance(self, RowEngine)
             self.fidelity = quantize(self)
+        if isinstance(self, RowEngine) and self.scalar_output is not None and self.output_ranges is None:
+            from poolcli.engine.ranges import calibrate
+
+            if self.range_sample is None:
+                raise UsageError(f"--output-dtype {self.scalar_output} needs calibration rows")
+            self.use_ranges(calibrate(self, self.range_sample, self.scalar_output))
         for level, text in self.loader.take_notes():
             (self.warn if level == "warn" else self.info)(text)
         self.load_seconds = round(time.monotonic() - started, 3)
@@ -201,6 +208,10 @@ class RowEngine(TaskEngine):
         self.plan = plan
         self.keep_columns = keep_columns
         self._encoder: RowEncoder | None = None
+        self.range_sample: RangeSample | None = None
+        """--output-dtype int8/uint8: what the driver read to calibrate the output ranges."""
+        self.output_ranges: OutputRanges | None = None
+        """--output-dtype int8/uint8: the ranges in force (calibrated by `load`, or an earlier run's on resume)."""
         self.builder = self._builder()
         self.builder.chunks = plan.chunk
         from poolcli.io.tables import check_keep_columns
@@ -210,6 +221,30 @@ class RowEngine(TaskEngine):
     @abstractmethod
     def _builder(self) -> EmbedTableBuilder:
         """The task's table builder."""
+
+    @property
+    def scalar_output(self) -> ScalarDType | None:
+        """int8/uint8 when the output's vectors are bucketed in calibrated ranges."""
+        dtype = self.builder.dtype
+        return dtype if dtype in ("int8", "uint8") else None
+
+    def identity(self) -> dict[str, Any]:
+        identity = super().identity()
+        if self.scalar_output is not None:
+            # The sample decides the ranges; the ranges themselves are measured after the identity is fixed.
+            identity["output_ranges"] = self.range_sample.describe() if self.range_sample is not None else None
+        return identity
+
+    def use_ranges(self, ranges: OutputRanges) -> None:
+        """Bucket the output's vectors in `ranges` (calibrated now, or recorded by an earlier run of the output)."""
+        if ranges.precision != self.scalar_output or len(ranges.min) != self.builder.dim:
+            raise ConfigError(
+                f"the recorded output ranges ({ranges.precision}, {len(ranges.min)} dimensions) do not fit this run "
+                f"({self.scalar_output}, {self.builder.dim} dimensions)",
+                hint="rerun with --overwrite",
+            )
+        self.output_ranges = ranges
+        self.builder.ranges = ranges.array()
 
     @abstractmethod
     def _forward(self, batch: Collated, float32: bool) -> Tensor | tuple[Tensor, ...]:

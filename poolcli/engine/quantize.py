@@ -19,7 +19,6 @@ import msgspec
 import numpy as np
 
 from poolcli.errors import ConfigError, UsageError
-from poolcli.io.records import Block
 
 if TYPE_CHECKING:
     from poolcli.engine.base import RowEngine
@@ -67,24 +66,10 @@ def split_sample(texts: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _outputs(engine: RowEngine, texts: list[str]) -> dict[int, np.ndarray]:
-    """Row index -> the task's output vector, for the rows that have one."""
-    n = len(texts)
-    block = Block(
-        first_row=0,
-        n_rows=n,
-        rows=list(range(n)),
-        ids=list(range(n)),
-        texts=texts,
-        sources=["calibration"] * n,
-        lines=[None] * n,
-        keep={c: [None] * n for c in engine.keep_columns},  # the output's kept columns, empty for these rows
-    )
-    fixed = engine.builder.schema
-    try:
-        table = engine.run(block, engine.prepare(texts)).table
-    finally:
-        # These rows are not the run's: the run's first block, not them, fixes the output schema (id type).
-        engine.builder.schema = fixed
+    """Row index -> the task's float32 output vector, for the rows that have one."""
+    from poolcli.engine.ranges import float_values
+
+    table = float_values(engine, texts)
     if table is None:
         return {}
     ids = table.column(engine.id_column).to_pylist()
@@ -113,18 +98,12 @@ def quantize(engine: RowEngine) -> Fidelity:
     if not fast_int8(cpu_flags()):
         engine.warn("this CPU has no VNNI/AMX int8 instructions: --quantize int8 runs slower than float32 here")
     started = time.monotonic()
-    template = engine.template
-    counted = template.stats
-    template.stats = type(counted)()  # calibration batches are not the run's batches
-    try:
-        reference = _outputs(engine, calibration.holdout)
-        samples = _samples(engine, calibration.texts)
-        if not samples or not reference:
-            raise ConfigError("--quantize int8: no usable calibration rows (every one was empty or failed)")
-        engine.loader.quantize(samples, calibration.digest())
-        got = _outputs(engine, calibration.holdout)
-    finally:
-        template.stats = counted
+    reference = _outputs(engine, calibration.holdout)
+    samples = _samples(engine, calibration.texts)
+    if not samples or not reference:
+        raise ConfigError("--quantize int8: no usable calibration rows (every one was empty or failed)")
+    engine.loader.quantize(samples, calibration.digest())
+    got = _outputs(engine, calibration.holdout)
     # A held-out row the int8 body cannot compute (non-finite) fails the gate instead of leaving the sample.
     cosines = [_cosine(reference[i], got[i]) if i in got else -1.0 for i in sorted(reference)]
     fidelity = Fidelity(

@@ -427,6 +427,17 @@ class PartStore:
             return False
         return True
 
+    def recorded(self, key: bytes) -> bytes | None:
+        """A key-value metadata entry of the first committed part that has a file: what an earlier run of this
+        output measured after its identity was fixed (int8/uint8 output ranges)."""
+        import pyarrow.parquet as pq
+
+        for k in sorted(self.done):
+            if self.done[k].sha256_part is not None:
+                meta = pq.read_schema(self.layout.parts / part_file(k)).metadata or {}
+                return meta.get(key)
+        return None
+
     # -- one part ------------------------------------------------------------------------------------------
 
     def begin(self, k: int, first_row: int, *, id_column: str = "id", value_column: str = "embedding") -> PartWriter:

@@ -5,15 +5,17 @@ driver that writes them adds the run's (`poolcli` key: fingerprint, plan, model 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import numpy as np
 import pyarrow as pa
 
 from poolcli.errors import DataError, UsageError
 from poolcli.io.records import Block, Encoded
-from poolcli.vocab import OutputDType, VectorDType
+from poolcli.vocab import OutputDType, ScalarDType, VectorDType
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -23,27 +25,104 @@ _NP_FLOAT = {"float32": np.float32, "float16": np.float16}
 
 
 _PACKED = {"binary": pa.int8(), "ubinary": pa.uint8()}
+_SCALAR = {"int8": pa.int8(), "uint8": pa.uint8()}
+
+RANGES_KEY = b"poolcli_output_ranges"
+"""The Parquet key-value metadata key of an int8/uint8 output's per-dimension ranges (`OutputRanges`)."""
+
+
+class OutputRanges(msgspec.Struct, frozen=True, kw_only=True):
+    """Per-dimension [min, max] of a calibration sample's vectors: what int8/uint8 outputs are buckets of, recorded
+    in the output's metadata so a reader can dequantize and a resumed run quantizes the same."""
+
+    precision: ScalarDType
+    column: str
+    min: list[float]
+    max: list[float]
+    rows: int
+    """Calibration rows (texts embedded by the run, or rows of vectors read from a file)."""
+    vectors: int
+    """Vectors the ranges were taken over (token-embed: every kept token of those rows)."""
+    source: str
+    """"input" (the run's first rows) or the --calibration file."""
+    sha256: str
+    """Digest of the calibration sample (part of the run's identity)."""
+    formula: str = (
+        "step = (max - min) / 255 (1 where 0); q = clip(floor((v - min) / step), 0, 255); int8 stores q - 128, uint8 q;"
+        " v ~= min + (q + 0.5) * step"
+    )
+
+    def array(self) -> NDArray[np.float32]:
+        """[2, d] float32, rows min and max: Sentence-Transformers' `ranges` argument."""
+        return np.asarray([self.min, self.max], dtype=np.float32)
+
+    @classmethod
+    def measure(
+        cls, vectors: NDArray[np.float32], precision: ScalarDType, column: str, *, rows: int, source: str, sha256: str
+    ) -> OutputRanges:
+        """The ranges of [n, d] float32 vectors (exactly as Sentence-Transformers computes them)."""
+        lo, hi = np.min(vectors, axis=0), np.max(vectors, axis=0)
+        return cls(
+            precision=precision,
+            column=column,
+            min=[float(v) for v in lo],
+            max=[float(v) for v in hi],
+            rows=rows,
+            vectors=len(vectors),
+            source=source,
+            sha256=sha256,
+        )
+
+
+def scalar_quantize(vectors: NDArray[np.float32], ranges: NDArray[np.float32], precision: ScalarDType) -> NDArray[Any]:
+    """Sentence-Transformers' `quantize_embeddings(vectors, precision, ranges=ranges)` for int8/uint8, in float32:
+    values outside the calibrated range land in the first or last bucket."""
+    starts = ranges[0, :]
+    steps = (ranges[1, :] - starts) / 255
+    steps = np.where(steps == 0, 1, steps)
+    buckets = np.clip(np.floor((np.asarray(vectors, dtype=np.float32) - starts) / steps), 0, 255)
+    return buckets.astype(np.uint8) if precision == "uint8" else (buckets - 128).astype(np.int8)
+
+
+def vector_type(dtype: VectorDType, dim: int) -> tuple[pa.DataType, int, dict[bytes, bytes] | None]:
+    """A vector's Arrow element type, list width and field metadata."""
+    if dtype in _PACKED:
+        meta = {b"poolcli.dim": str(dim).encode(), b"poolcli.packing": f"{dtype}: numpy.packbits(v > 0)".encode()}
+        return _PACKED[dtype], dim // 8, meta
+    if dtype in _SCALAR:
+        return _SCALAR[dtype], dim, {b"poolcli.quantization": f"{dtype}: ranges in {RANGES_KEY.decode()}".encode()}
+    return _ARROW_FLOAT[dtype], dim, None
 
 
 def vector_field(name: str, dtype: VectorDType, dim: int) -> pa.Field:
-    """A vector column's field; packed bits say their dimension in the field's metadata."""
-    if dtype in _PACKED:
-        meta = {b"poolcli.dim": str(dim).encode(), b"poolcli.packing": f"{dtype}: numpy.packbits(v > 0)".encode()}
-        return pa.field(name, pa.list_(_PACKED[dtype], dim // 8), metadata=meta)
-    return pa.field(name, pa.list_(_ARROW_FLOAT[dtype], dim))
+    """A vector column's field; packed bits say their dimension in the field's metadata, int8/uint8 where their
+    ranges are."""
+    value, width, meta = vector_type(dtype, dim)
+    return pa.field(name, pa.list_(value, width), metadata=meta)
 
 
-def vector_array(vectors: NDArray[np.float32], dtype: VectorDType) -> pa.FixedSizeListArray:
-    """[n, d] float32 -> fixed_size_list<dtype>[d], sharing the numpy buffer when no cast is needed; binary and
-    ubinary pack the signs exactly as Sentence-Transformers' `quantize_embeddings` does."""
-    n, d = vectors.shape
+def encode_vectors(
+    vectors: NDArray[np.float32], dtype: VectorDType, ranges: NDArray[np.float32] | None
+) -> NDArray[Any]:
+    """[n, d] float32 -> the stored elements ([n, d/8] for packed bits), as Sentence-Transformers'
+    `quantize_embeddings` gives them."""
     if dtype in _PACKED:
         bits = np.packbits(np.asarray(vectors) > 0, axis=-1)
-        if dtype == "binary":
-            bits = (bits.astype(np.int16) - 128).astype(np.int8)
-        return pa.FixedSizeListArray.from_arrays(pa.array(bits.reshape(-1), type=_PACKED[dtype]), d // 8)
-    flat = np.ascontiguousarray(vectors, dtype=_NP_FLOAT[dtype]).reshape(n * d)
-    return pa.FixedSizeListArray.from_arrays(pa.array(flat, type=_ARROW_FLOAT[dtype]), d)
+        return (bits.astype(np.int16) - 128).astype(np.int8) if dtype == "binary" else bits
+    if dtype in _SCALAR:
+        if ranges is None:
+            raise UsageError(f"--output-dtype {dtype} needs calibrated ranges (--calibration)")
+        return scalar_quantize(vectors, ranges, "int8" if dtype == "int8" else "uint8")
+    return np.asarray(vectors, dtype=_NP_FLOAT[dtype])
+
+
+def vector_array(
+    vectors: NDArray[np.float32], dtype: VectorDType, ranges: NDArray[np.float32] | None = None
+) -> pa.FixedSizeListArray:
+    """[n, d] float32 -> fixed_size_list<dtype>[width], sharing the numpy buffer when no cast is needed."""
+    value, width, _ = vector_type(dtype, vectors.shape[1])
+    flat = np.ascontiguousarray(encode_vectors(vectors, dtype, ranges)).reshape(-1)
+    return pa.FixedSizeListArray.from_arrays(pa.array(flat, type=value), width)
 
 
 class EmbedTableBuilder:
@@ -57,6 +136,8 @@ class EmbedTableBuilder:
             raise UsageError(f"--output-dtype {dtype} packs 8 dimensions per byte; these vectors have {dim}")
         self.dim = dim
         self.dtype = dtype
+        self.ranges: NDArray[np.float32] | None = None
+        """int8/uint8: the per-dimension [min, max] ([2, d]) vectors are bucketed in."""
         self.keep_columns = keep_columns
         self.schema: pa.Schema | None = None
         self.chunks = False
@@ -67,13 +148,43 @@ class EmbedTableBuilder:
         run of the same command derives the same column types from the same first rows."""
         if self.schema is None and block.ids:
             n = len(block.ids)
-            self.table(block.ids, np.zeros((n, self.dim), dtype=np.float32), [0] * n, [False] * n, block.keep)
+            with self._schema_only():
+                self.table(block.ids, np.zeros((n, self.dim), dtype=np.float32), [0] * n, [False] * n, block.keep)
+
+    @contextmanager
+    def _schema_only(self) -> Iterator[None]:
+        """Placeholder ranges while a table is built only for its schema (before the ranges are calibrated: a dry
+        run, or a resumed run's skipped rows)."""
+        placeholder = self.ranges is None and self.dtype in _SCALAR
+        if placeholder:
+            self.ranges = np.zeros((2, self.dim), dtype=np.float32)
+        try:
+            yield
+        finally:
+            if placeholder:
+                self.ranges = None
+
+    @contextmanager
+    def unquantized(self) -> Iterator[None]:
+        """Tables of float32 vectors for a while (the calibration of the run's int8 body or output ranges), leaving
+        the output's schema to the run's own first block."""
+        dtype, schema = self.dtype, self.schema
+        self.dtype, self.schema = "float32", None
+        try:
+            yield
+        finally:
+            self.dtype, self.schema = dtype, schema
 
     def value_fields(self) -> list[pa.Field]:
         return [vector_field("embedding", self.dtype, self.dim)]
 
     def value_arrays(self, vectors: NDArray[np.float32]) -> list[tuple[str, pa.Array]]:
-        return [("embedding", vector_array(vectors, self.dtype))]
+        return [("embedding", vector_array(vectors, self.dtype, self._ranges()))]
+
+    def _ranges(self) -> NDArray[np.float32] | None:
+        if self.ranges is None and self.dtype in _SCALAR:
+            raise AssertionError("int8/uint8 vectors built before their ranges were calibrated")
+        return self.ranges
 
     def output_fields(self) -> list[pa.Field]:
         """The task's own columns (the kept input columns follow them)."""
@@ -235,7 +346,7 @@ _ENTITY = pa.struct(
 class PerTokenTableBuilder(EmbedTableBuilder):
     """Base of the per-token tables: one list of vectors per row, with the rows' token ids alongside."""
 
-    def __init__(self, dim: int, dtype: OutputDType, keep_columns: tuple[str, ...]) -> None:
+    def __init__(self, dim: int, dtype: VectorDType, keep_columns: tuple[str, ...]) -> None:
         super().__init__(dim, dtype, keep_columns)
         self._encoded: Sequence[Any] = ()
         self._texts: Sequence[str] = ()
@@ -245,7 +356,8 @@ class PerTokenTableBuilder(EmbedTableBuilder):
             n = len(block.ids)
             empty = [np.zeros((0, self.dim), dtype=np.float32) for _ in range(n)]
             encoded = [Encoded([], False, []) for _ in range(n)]
-            self.table(block.ids, empty, [0] * n, [False] * n, block.keep, encoded=encoded, texts=[""] * n)
+            with self._schema_only():
+                self.table(block.ids, empty, [0] * n, [False] * n, block.keep, encoded=encoded, texts=[""] * n)
 
     def table(
         self,
@@ -275,17 +387,25 @@ class TokenEmbedTableBuilder(PerTokenTableBuilder):
     value_column = "embeddings"
 
     def value_fields(self) -> list[pa.Field]:
+        value, width, meta = vector_type(self.dtype, self.dim)
         return [
             pa.field("token_ids", pa.list_(pa.int32())),
-            pa.field("embeddings", pa.list_(pa.list_(_ARROW_FLOAT[self.dtype], self.dim))),
+            pa.field("embeddings", pa.list_(pa.list_(value, width)), metadata=meta),
         ]
 
     def value_arrays(self, vectors: Any) -> list[tuple[str, pa.Array]]:
         encoded = self._encoded
         assert len(encoded) == len(vectors)
+        value, width, _ = vector_type(self.dtype, self.dim)
+        if self.dtype not in _ARROW_FLOAT:
+            ranges = self._ranges()
+            vectors = [
+                encode_vectors(np.asarray(v, dtype=np.float32).reshape(-1, self.dim), self.dtype, ranges)
+                for v in vectors
+            ]
         return [
             ("token_ids", _ragged([np.asarray(e.ids, dtype=np.int32) for e in encoded], pa.int32(), None)),
-            ("embeddings", _ragged(list(vectors), _ARROW_FLOAT[self.dtype], self.dim)),
+            ("embeddings", _ragged(list(vectors), value, width)),
         ]
 
 

@@ -110,8 +110,8 @@ def test_a_calibration_file(tiny_bert: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--min-cosine", "0.9"], "apply to --quantize int8"),
-        (["--calibration", "x.txt"], "apply to --quantize int8"),
+        (["--min-cosine", "0.9"], "applies to --quantize int8"),
+        (["--calibration", "x.txt"], "applies to --quantize int8 and --output-dtype int8/uint8"),
         (["--quantize", "int8", "--backend", "torch"], "use --backend openvino"),
         (["--quantize", "int8", "--min-cosine", "1.5"], "--min-cosine must be in (0, 1]"),
         (["--quantize", "int8", "--engine", "ray"], "local engine only"),
