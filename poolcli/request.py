@@ -220,6 +220,7 @@ TASK_FIELDS: dict[Task, frozenset[str]] = {
         "enable_chunked_processing",
         "max_embed_len",
         "output_dtype",
+        "calibration",
         "skip_special_tokens",
         "colbert_role",
     },
