@@ -184,10 +184,11 @@ def test_cron_skips_while_another_run_holds_the_output(tmp_path: Path, docs: Pat
             text=True,
         )
 
-    holder = start(job, POOLCLI_SLOW_BATCH_SECONDS="0.1")
+    holder = start(job, POOLCLI_SLOW_BATCH_SECONDS="0.05")
     try:
-        # The lock is taken before the fingerprint is written. Then the holder is held still (SIGSTOP keeps its
-        # lock), so the runs below meet it however slowly they start.
+        # The lock is taken before the fingerprint is written, and the model is loaded after it (then 24 batches
+        # of at least 0.05 s): time enough to catch the holder here and hold it still (SIGSTOP keeps its lock), so
+        # the runs below meet it however slowly they start.
         _wait_until(lambda: (out / ".poolcli" / "fingerprint.json").exists(), holder)
         os.killpg(holder.pid, signal.SIGSTOP)
         try:
