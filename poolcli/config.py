@@ -12,7 +12,7 @@ import json
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -285,6 +285,11 @@ class TokenEmbedOptions(msgspec.Struct, frozen=True, kw_only=True):
     """ColBERT checkpoints: encode as queries or documents (markers, lengths, expansion, skiplist)."""
 
 
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+Share = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+"""The bounds the command line's flags have (Click's min/max), checked again for the Python API's values."""
+
 DEFAULT_PART_ROWS = 65536
 """Input rows per committed part unless --part-rows says otherwise (also the Python API's unit of work)."""
 
@@ -310,13 +315,13 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
     """int8: the compiled body quantized with calibration rows the driver hands the engine."""
     min_cosine: float = 0.98
     """The int8 gate: the lowest cosine a held-out row may have against the float32 model."""
-    threads: int | None = None
+    threads: Positive | None = None
     """Threads for the model on CPU; None uses every core this process may run on."""
     max_batch_tokens: int | None = None
     """Padded-token budget per batch; None picks a per-device default."""
-    max_batch_size: int = 512
+    max_batch_size: Positive = 512
     """Most rows in one batch."""
-    window_rows: int = 4096
+    window_rows: Positive = 4096
     """Rows (or pairs) tokenized and length-sorted together; bounds memory."""
 
 
@@ -376,13 +381,13 @@ class DriverConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Column or key holding the row id; None uses `id` when present, else the row number."""
     keep_columns: tuple[str, ...] = ()
     """Input columns copied to the output."""
-    part_rows: int = DEFAULT_PART_ROWS
+    part_rows: Positive = DEFAULT_PART_ROWS
     """Input rows per committed part (a multiple of the window): the most work a crash can lose."""
     overwrite: bool = False
     """Replace an output written with a different fingerprint (or not by poolcli) instead of refusing."""
-    max_errors: int | None = None
+    max_errors: NonNegative | None = None
     """Stop with exit 65 once more error rows than this were committed (0 with --strict)."""
-    max_error_rate: float | None = None
+    max_error_rate: Share | None = None
     """Stop with exit 65 once the share of error rows exceeds this (checked from 1000 rows on)."""
     quiet: bool = False
     progress: bool | None = None

@@ -21,6 +21,19 @@ class PoolcliError(Exception):
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as its class, args and attributes, restored without calling `__init__`: a subclass's own
+        constructor (`Interrupted(signum)`, `RowError(..., errors=...)`) does not take back what it stored, and an
+        error crosses processes (a Ray actor's, a multiprocessing worker's) whole: message, hint, exit code,
+        summary and any fields of its own."""
+        return (_restore, (type(self), self.args, self.__dict__))
+
+
+def _restore(cls: type[PoolcliError], args: tuple[Any, ...], state: dict[str, Any]) -> PoolcliError:
+    error = cls.__new__(cls, *args)
+    error.__dict__.update(state)
+    return error
+
 
 class UsageError(PoolcliError):
     """A flag or parameter is wrong for this task or model (EX_USAGE)."""

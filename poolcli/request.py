@@ -8,6 +8,7 @@ values (lists, dicts, numbers).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
@@ -401,7 +402,7 @@ def _ray_config(req: Request) -> RayConfig | None:
     ]
     if req.engine != "ray":
         if given:
-            raise UsageError(f"{', '.join(given)} apply to --engine ray")
+            raise UsageError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to --engine ray")
         return None
     if req.num_workers < 1:
         raise UsageError(f"--num-workers must be at least 1, got {req.num_workers}")
@@ -468,12 +469,48 @@ def _flags_named(message: str, flags: Mapping[str, Any]) -> str:
     return ", ".join("--" + k.replace("_", "-") for k in named)
 
 
+_OPTION_OF_FIELD = {"address": "ray_address", "inputs": "input"}
+"""Config fields whose option (the `Request` field, a flag without its dashes) has another name."""
+
+
 def _convert(cls: type[_T], **fields: Any) -> _T:
     """A config from plain values; a value of the wrong kind (e.g. an unknown dtype) is a usage error."""
     try:
         return msgspec.convert(fields, cls)
     except msgspec.ValidationError as exc:
-        raise UsageError(str(exc)) from None
+        raise UsageError(_invalid(str(exc), cls, fields)) from None
+
+
+def _invalid(message: str, cls: type[Any], fields: Mapping[str, Any]) -> str:
+    """msgspec's "Expected `int` >= 1 - at `$.window_rows`" as the option and the value the user passed:
+    "window_rows=0: expected an int >= 1" ("dtype='f8': expected one of auto, bfloat16, ..." for a choice)."""
+    found = re.fullmatch(r"(?s)(.*) - at `\$\.(\w+)[^`]*`", message)
+    if found is None or found.group(2) not in fields:
+        return message
+    what, field = found.groups()
+    choices = _choices(cls, field) if what.startswith("Invalid enum value") else None
+    if choices:
+        what = f"expected one of {', '.join(map(str, choices))}"
+    what = re.sub(r"^Expected `(\w+)`", lambda m: f"expected {'an' if m[1][0] in 'aeiou' else 'a'} {m[1]}", what)
+    what = what.replace("`", "")
+    return f"{_OPTION_OF_FIELD.get(field, field)}={fields[field]!r}: {what[:1].lower()}{what[1:]}"
+
+
+def _choices(cls: type[Any], field: str) -> tuple[Any, ...] | None:
+    """The values a config field's Literal allows (also inside `X | None` and tuples of X), else None."""
+    import msgspec.inspect as mi
+
+    info = mi.type_info(cls)
+    types = [f.type for f in getattr(info, "fields", ()) if f.name == field]
+    while types:
+        t = types.pop()
+        if isinstance(t, mi.LiteralType):
+            return t.values
+        if isinstance(t, mi.UnionType):
+            types.extend(t.types)
+        elif isinstance(t, (mi.VarTupleType, mi.ListType)):
+            types.append(t.item_type)
+    return None
 
 
 def parse_mapping(value: str | Mapping[str, Any] | None, *, what: str) -> dict[str, Any]:

@@ -65,14 +65,19 @@ class TextEncoder:
         if plan.max_tokens <= n_special:
             raise UsageError(
                 f"a limit of {plan.max_tokens} tokens leaves no room for text: the model adds {n_special} special "
-                "tokens to every input"
+                "tokens to every input",
+                hint="--truncate-prompt-tokens sets the limit, else --max-model-len or the model maximum: raise it",
             )
         # Left truncation would cut the prompt first; keep it and cut the text after it instead.
         self._keep_prompt_left: int | None = None
         if self.left and plan.prompt:
             prompt_len = len(self._full.encode(plan.prompt, add_special_tokens=False).ids)
             if plan.max_tokens - n_special - prompt_len < 1:
-                raise UsageError(f"the prompt alone ({prompt_len} tokens) fills the {plan.max_tokens}-token limit")
+                raise UsageError(
+                    f"the prompt alone ({prompt_len} tokens) fills the {plan.max_tokens}-token limit",
+                    hint="shorten --prompt or pick another --prompt-name, or raise the limit: "
+                    "--truncate-prompt-tokens, else --max-model-len",
+                )
             self._keep_prompt_left = prompt_len
         self.pad_id = _pad_id(hf)
         self.special_ids = {int(i) for i in hf.all_special_ids}
@@ -93,7 +98,11 @@ class TextEncoder:
             self._prompt_ids = self._full.encode(prompt, add_special_tokens=False).ids if prompt else []
             self.room = plan.max_tokens - len(self._prefix) - len(self._suffix) - len(self._prompt_ids)
             if self.room < 1:
-                raise UsageError(f"with the prompt and special tokens, a {plan.max_tokens}-token chunk has no room")
+                raise UsageError(
+                    f"with the prompt and special tokens, a {plan.max_tokens}-token chunk has no room",
+                    hint="shorten --prompt or pick another --prompt-name, or raise the limit: "
+                    "--truncate-prompt-tokens, else --max-model-len",
+                )
 
     @property
     def chunk_frame(self) -> tuple[int, int]:
@@ -375,7 +384,10 @@ class PairEncoder:
         self._longest.enable_truncation(max_length=plan.max_tokens, strategy="longest_first")
         n_special = int(hf.num_special_tokens_to_add(pair=plan.use_sep_token))
         if plan.max_tokens <= n_special + 1:
-            raise UsageError(f"a limit of {plan.max_tokens} tokens leaves no room for a query and a document")
+            raise UsageError(
+                f"a limit of {plan.max_tokens} tokens leaves no room for a query and a document",
+                hint="--truncate-prompt-tokens sets the limit, else --max-model-len or the model maximum: raise it",
+            )
         self.use_sep = plan.use_sep_token
         self.template = plan.template or ScoreTemplate()
         self.instruction = plan.instruction

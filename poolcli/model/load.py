@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from poolcli.errors import CantCreateError, ConfigError, InternalError, UsageError
+from poolcli.errors import CantCreateError, ConfigError, InternalError, PoolcliError, UsageError
 from poolcli.pooler.heads import Dense, LmRowsHead, PositionScoreHead, RewardHead
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
     from torch import Tensor, nn
 
@@ -109,6 +110,72 @@ def _load_error(model: ResolvedModel, exc: Exception) -> ConfigError:
     return ConfigError(f"cannot load model {model.name}: {str(exc).splitlines()[0]}")
 
 
+def damaged_weights(path: Path, exc: BaseException, *, model: str | None = None) -> ConfigError:
+    """A weight file that cannot be read as one (junk, truncated, another format under its name): exit 78."""
+    text = str(exc).strip()
+    reason = f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text else type(exc).__name__
+    return ConfigError(
+        f"{f'cannot load model {model}: ' if model else ''}the weight file {path} is damaged or not a weights file "
+        f"({reason})",
+        hint="re-download the model, or re-save its weights",
+    )
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    """The checkpoint files transformers reads a body from, in its order of preference."""
+    for single, index in (
+        ("model.safetensors", "model.safetensors.index.json"),
+        ("pytorch_model.bin", "pytorch_model.bin.index.json"),
+    ):
+        if (folder / single).is_file():
+            return [folder / single]
+        if (folder / index).is_file():
+            try:
+                shards = json.loads((folder / index).read_text())["weight_map"].values()
+                return [folder / name for name in sorted(set(shards))]
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                return []  # transformers reports a broken index itself
+    return []
+
+
+def _read_fails(path: Path) -> Exception | None:
+    """What reading `path` as weights raises (None when it reads): a safetensors header, or a torch checkpoint
+    (memory-mapped when it is a zip archive, as torch.save writes them)."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as fh:
+                fh.keys()
+        else:
+            import zipfile
+
+            torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception as exc:  # safetensors and torch raise many types for a damaged or foreign file
+        return exc
+    return None
+
+
+@contextmanager
+def _loading(model: ResolvedModel) -> Iterator[None]:
+    """transformers' failures to load a body as ConfigError (exit 78): a weight file that does not read is named
+    (transformers' own error may be a SafetensorError, an unpickling KeyError or an EOF that names nothing);
+    its other OSError/ValueError/KeyError (a config it cannot honour) are reported as they are; anything else is
+    not a load failure and goes on as it is."""
+    try:
+        yield
+    except PoolcliError:
+        raise
+    except Exception as exc:
+        for path in _weight_files(Path(model.path)):
+            failure = _read_fails(path) if path.is_file() else None
+            if failure is not None:
+                raise damaged_weights(path, failure, model=model.name) from None
+        if isinstance(exc, (OSError, ValueError, KeyError)):
+            raise _load_error(model, exc) from None
+        raise
+
+
 class Compilation:
     """How a body is run when its backend is not torch: the choice, the threads it may use, and where its notes
     and conversion time go (one per Loader)."""
@@ -196,15 +263,13 @@ class HiddenStateModel:
         def load(load_dtype: torch.dtype) -> Any:
             from transformers import AutoModel
 
-            try:
+            with _loading(model):
                 loaded = AutoModel.from_pretrained(
                     model.path,
                     config=_config(model, trust_remote_code),
                     dtype=load_dtype,
                     trust_remote_code=trust_remote_code,
                 )
-            except (OSError, ValueError, KeyError) as exc:
-                raise _load_error(model, exc) from None
             return loaded.eval()
 
         if compilation is not None:
@@ -264,7 +329,7 @@ class LogitsModel:
         self.compiled: CompiledBody | None = None
         # Set when the model body runs alone and this head turns its hidden states into logits.
         self.head: nn.Module | None = None
-        try:
+        with _loading(model):
             config = _config(model, trust_remote_code)
             if model.is_decoder and getattr(config, "pad_token_id", None) is None:
                 # transformers finds a decoder's last real token by the pad id; rows are padded with ours.
@@ -313,8 +378,6 @@ class LogitsModel:
                         raise ConfigError(f"{model.name}: its classifier has no per-position `score` layer")
                     self.head = PositionScoreHead(score)
                     self.model = self.model.base_model
-        except (OSError, ValueError, KeyError) as exc:
-            raise _load_error(model, exc) from None
         self.model.eval().to(device)
         if self.head is not None:
             self.head.eval().to(device)
@@ -466,14 +529,17 @@ def load_projector(root: Path, specs: Sequence[DenseSpec]) -> nn.Module | None:
 
 def _read_state(folder: Path) -> dict[str, Tensor]:
     st = folder / "model.safetensors"
-    if st.is_file():
-        from safetensors.torch import load_file
-
-        return load_file(str(st))
     pt = folder / "pytorch_model.bin"
-    if pt.is_file():
-        state: dict[str, Tensor] = torch.load(str(pt), map_location="cpu", weights_only=True)
-        return state
+    try:
+        if st.is_file():
+            from safetensors.torch import load_file
+
+            return load_file(str(st))
+        if pt.is_file():
+            state: dict[str, Tensor] = torch.load(str(pt), map_location="cpu", weights_only=True)
+            return state
+    except Exception as exc:  # safetensors and torch raise many types for a damaged or foreign file
+        raise damaged_weights(st if st.is_file() else pt, exc) from None
     raise ConfigError(f"{folder}: no model.safetensors or pytorch_model.bin for the Dense module")
 
 

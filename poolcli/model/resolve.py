@@ -232,6 +232,11 @@ def locate_model(spec: str | None) -> tuple[str, Path, ModelSource]:
         cached = _hf_cache_snapshot(spec)
         if cached is not None:
             return spec, cached, "hf-cache"
+    if spec == DEFAULT_MODEL_NAME:  # the name the bundled model's outputs record, given back to embed queries
+        try:
+            return spec, bundled_model_path(), "bundled"
+        except NoInputError:
+            pass  # not installed: the name is simply not found
     raise NoInputError(
         f"model {spec!r} is not a directory and is not in the local Hugging Face cache",
         hint="poolcli never downloads; pass a local model directory or pre-fetch the model into the cache",

@@ -215,3 +215,40 @@ def test_token_embed_is_bit_identical_to_the_cli(tmp_path: Path, tiny_bert: Path
         assert np.array_equal(got, np.array(want, dtype=np.float16))
     table = m.token_embed(TEXTS, skip_special_tokens=True, as_table=True)
     assert table.equals(cli.replace_schema_metadata(None))  # type: ignore[attr-defined]
+
+
+def test_a_bad_option_value_names_the_option_as_passed(tmp_path: Path, tiny_bert: Path) -> None:
+    """A value of the wrong kind or out of range is named as the caller wrote it (not as msgspec's `$.field`)."""
+    with pytest.raises(UsageError) as info:
+        poolcli.load(str(tiny_bert), window_rows=0)
+    assert str(info.value) == "window_rows=0: expected an int >= 1"
+    with pytest.raises(UsageError, match=r"^dtype='f8': expected one of auto, bfloat16, float16, float32$"):
+        poolcli.load(str(tiny_bert), dtype="f8")
+    with pytest.raises(UsageError, match=r"^max_batch_size='x': expected an int, got str$"):
+        poolcli.load(str(tiny_bert), max_batch_size="x")
+    with pytest.raises(UsageError, match=r"^output_dtype='int9': expected one of binary, float16, float32, "):
+        poolcli.load(str(tiny_bert)).embed(["x"], output_dtype="int9")
+    out = tmp_path / "o.parquet"
+    with pytest.raises(UsageError, match=r"^part_rows=0: expected an int >= 1$"):  # was a ZeroDivisionError
+        poolcli.run_file("embed", str(_rows_file(tmp_path)), str(out), model=str(tiny_bert), part_rows=0)
+    with pytest.raises(UsageError, match=r"^max_error_rate=1.5: expected a float <= 1.0$"):
+        poolcli.run_file("embed", str(_rows_file(tmp_path)), str(out), model=str(tiny_bert), max_error_rate=1.5)
+    assert not out.exists()
+
+
+def test_the_default_models_recorded_name_loads_the_bundled_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An output of the default model records its Hub name; that name, given back (to poolcli.load or --model: the
+    same resolution), embeds queries with the bundled copy when the Hugging Face cache lacks it (offline), with the
+    output's own numbers."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    out = tmp_path / "o.parquet"
+    assert run_cli("embed", _rows_file(tmp_path), "-o", out, "--backend", "torch").returncode == 0
+    name = json.loads((pq.read_schema(out).metadata or {})[b"poolcli"])["model"]
+    assert name == "sentence-transformers/all-MiniLM-L6-v2"
+    m = poolcli.load(name, backend="torch")
+    assert m.name == name and m.resolved.source == "bundled"
+    recorded = np.array(pq.read_table(out).column("embedding").to_pylist(), dtype=np.float32)
+    assert np.array_equal(m.embed(TEXTS), recorded)

@@ -132,7 +132,8 @@ def test_the_plan_is_the_run_s(
 
 def test_weights_are_not_loaded(tiny_bert: Path, tmp_path: Path) -> None:
     """A model whose weight file is garbage: the dry run plans it (it reads config, tokenizer and hashes the
-    bytes, loads nothing); the real run fails loading it. The dry run's loader refuses to load anything at all."""
+    bytes, loads nothing); the real run cannot load it (78, naming the file). The dry run's loader refuses to load
+    anything at all."""
     model = tmp_path / "model"
     shutil.copytree(tiny_bert, model)
     weights = next(model.glob("*.safetensors"))
@@ -142,7 +143,8 @@ def test_weights_are_not_loaded(tiny_bert: Path, tmp_path: Path) -> None:
     plan = _plan(run_cli(*args, "--dry-run"))
     assert plan["model"]["path"] == str(model)
     real = run_cli(*args)
-    assert real.returncode != 0 and "Error while deserializing header" in real.stderr
+    assert real.returncode == 78 and "Error while deserializing header" in real.stderr, real.stderr
+    assert f"the weight file {weights} is damaged" in real.stderr and "internal error" not in real.stderr
 
     from poolcli.errors import InternalError
     from poolcli.model.load import Loader

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -262,3 +264,49 @@ def test_the_seeds_spellings(tiny_bert: Path, tmp_path: Path) -> None:
     assert proc.returncode == 64 and "contradicts the subcommand embed" in proc.stderr
     help_text = run_cli("embed", "--help").stdout
     assert "--pooler-config" in help_text and "override-pooler" not in help_text and "hf_overrides" not in help_text
+
+
+@pytest.mark.parametrize(
+    ("name", "damage"),
+    [
+        ("model.safetensors", lambda data: b"not a safetensors file" * 100),
+        ("model.safetensors", lambda data: data[: len(data) // 2]),
+        ("pytorch_model.bin", lambda data: b"junk" * 100),
+    ],
+    ids=["garbage-safetensors", "truncated-safetensors", "garbage-bin"],
+)
+def test_damaged_weights_exit_78_naming_the_file(
+    name: str, damage: Callable[[bytes], bytes], one_row: Path, tmp_path: Path, tiny_bert: Path
+) -> None:
+    """A weight file that does not read as weights is a model that cannot be loaded (78, not an internal error):
+    the message names the file and what to do."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_bert, model)
+    weights = model / "model.safetensors"
+    data = weights.read_bytes()
+    weights.unlink()
+    (model / name).write_bytes(damage(data))
+    out = tmp_path / "o.parquet"
+    line = _one_line_error(run_cli("embed", one_row, "-m", model, "-o", out, "--backend", "torch"), 78)
+    assert f"the weight file {model / name} is damaged or not a weights file" in line, line
+    assert "internal error" not in line and line.endswith("(re-download the model, or re-save its weights)")
+    assert not out.exists()
+
+
+def test_a_limit_without_room_names_the_flags_that_set_it(one_row: Path, tiny_bert: Path, tmp_path: Path) -> None:
+    limit = ("--truncate-prompt-tokens", "2", "-o", tmp_path / "a.parquet")
+    line = _one_line_error(run_cli("embed", one_row, "-m", tiny_bert, *limit), 64)
+    assert "a limit of 2 tokens leaves no room for text" in line
+    assert "--truncate-prompt-tokens sets the limit, else --max-model-len" in line
+    prompt = ("--prompt", "one two three four five six ", "--truncation-side", "left", "--truncate-prompt-tokens", "6")
+    line = _one_line_error(run_cli("embed", one_row, "-m", tiny_bert, "-o", tmp_path / "b.parquet", *prompt), 64)
+    assert "the prompt alone (6 tokens) fills the 6-token limit" in line
+    assert "shorten --prompt or pick another --prompt-name" in line and "--truncate-prompt-tokens" in line
+
+
+def test_ray_only_options_agree_in_number(one_row: Path, tiny_bert: Path, tmp_path: Path) -> None:
+    args = ("embed", one_row, "-m", tiny_bert, "-o", tmp_path / "o.parquet")
+    line = _one_line_error(run_cli(*args, "--num-workers", "2"), 64)
+    assert line.endswith("--num-workers applies to --engine ray"), line
+    line = _one_line_error(run_cli(*args, "--num-workers", "2", "--cpus-per-worker", "2"), 64)
+    assert line.endswith("--num-workers, --cpus-per-worker apply to --engine ray"), line
