@@ -284,7 +284,21 @@ def test_a_huge_row_costs_bounded_memory(tmp_path: Path, tiny_bert: Path) -> Non
     for extra in ([], ["--on-too-long", "chunk", "--max-embed-len", "4096"]):
         out = tmp_path / f"out{len(extra)}.parquet"
         proc = subprocess.run(
-            [sys.executable, "-c", code, "embed", str(src), "-m", str(tiny_bert), "-o", str(out), *extra],
+            # torch: a compiled backend's one-off conversion would dominate the peak this test bounds
+            [
+                sys.executable,
+                "-c",
+                code,
+                "embed",
+                str(src),
+                "-m",
+                str(tiny_bert),
+                "-o",
+                str(out),
+                "--backend",
+                "torch",
+                *extra,
+            ],
             capture_output=True,
             text=True,
             env=dict(os.environ, HF_HUB_OFFLINE="1"),
@@ -292,7 +306,7 @@ def test_a_huge_row_costs_bounded_memory(tmp_path: Path, tiny_bert: Path) -> Non
         )
         assert proc.returncode == 0, proc.stderr
         peak_mb = int(proc.stderr.strip().splitlines()[-1]) / 1024
-        assert peak_mb < 1500, peak_mb  # the 20 MB text is never tokenized whole
+        assert peak_mb < 1000, peak_mb  # measured ~490/620 MB  # the 20 MB text is never tokenized whole
         table = pq.read_table(out)
         if extra:
             errors = [
