@@ -4,8 +4,8 @@ refuses, with nothing written and no weights loaded.
 The dry run is the run's own preparation (`drivers.run.prepare_file_run`: options, input, model, output paths,
 plan and engine, calibration rows, part sizes; a Ray run's own checks, `drivers.ray.ray_store`), then what the
 driver would find at its output (`PartStore.inspect`: creatable (73), not held by another run (75), not another
-command's output (78), and whether a rerun is a no-op or resumes committed parts), then the tokenizer as the run
-builds it, the output schema from the table builder, and the input rows counted. Every refusal is the typed error
+command's output (78), and whether a rerun is a no-op or resumes committed parts), then the tokenizers as the run
+builds them, the output schema from the table builder, and the input rows counted. Every refusal is the typed error
 the run raises, so the exit code is the run's. The loader of a dry run decides device, dtype and backend and
 refuses to load anything (`model.load.Loader(dry_run=True)`); the compiled-model cache is probed, not created.
 
@@ -63,7 +63,7 @@ def plan_file_request(req: Request, *, warn: Callable[[str], None] | None = None
         store = PartStore(Layout.for_output(driver.output, kind), fingerprint(identity), identity, faults)
     from_stdin = any(s.files == ["-"] for s in sources)
     state = store.inspect(overwrite=driver.overwrite or from_stdin) if store is not None else None
-    max_tokens = _tokenizer(engine)
+    max_tokens = engine.tokenizer_limit()  # the tokenizers as the run builds them, with their refusals
     notes: list[str] = []
     if isinstance(engine, RowEngine):
         source = sources[0]
@@ -137,24 +137,6 @@ def plan_file_request(req: Request, *, warn: Callable[[str], None] | None = None
         plan["ray"] = msgspec.to_builtins(driver.ray)
         plan["notes"].append("the Ray cluster is not contacted: its CPUs and GPUs are checked when the run starts")
     return plan
-
-
-def _tokenizer(engine: TaskEngine) -> int:
-    """Build the tokenizer the run builds (its refusals included: a limit that leaves no room, a prompt that fills
-    it); returns the token limit inputs are cut to."""
-    from poolcli.engine.base import RowEngine
-
-    if isinstance(engine, RowEngine):
-        return engine.encoder.max_tokens
-    from poolcli.engine.score import ScoreEngine
-    from poolcli.engine.tokenize import PairEncoder, TextEncoder
-
-    assert isinstance(engine, ScoreEngine)
-    plan = engine.plan
-    if plan.score_type == "cross-encoder":
-        return PairEncoder(plan).max_tokens
-    assert plan.embed is not None
-    return TextEncoder(plan.embed).max_tokens
 
 
 def _observe(engine: Any, source: Source, window: int, notes: list[str]) -> None:

@@ -50,6 +50,7 @@ def run_file_request(
 ) -> Outcome:
     """Run `req` (which names an input) to its output. `make_progress(description, driver config)` builds the
     progress display (none by default); `warn` receives warnings (stderr unless quiet, by default)."""
+    configs, driver, sources, job, model, engine, faults = prepare_file_run(req, warn=warn)
     import torch
 
     from poolcli.console import NullProgress
@@ -57,7 +58,6 @@ def run_file_request(
     from poolcli.drivers.local import run_local
     from poolcli.engine.base import RowEngine
 
-    configs, driver, sources, job, model, engine, faults = prepare_file_run(req, warn=warn)
     eng = configs.engine
     if driver.engine == "ray":
         from poolcli.drivers.ray import run_ray
@@ -82,12 +82,13 @@ def run_file_request(
 
 
 def prepare_file_run(req: Request, *, warn: Callable[[str], None] | None = None, dry_run: bool = False) -> Prepared:
-    """Everything a file run checks before its driver opens the output: configs, input (or pair job), model,
-    output paths, plan and engine, calibration rows, part and window sizes; every refusal here has the exit
-    code the run gives. Nothing is written and no weights are loaded (`dry_run`: nor is the compiled-model
-    cache created to see whether it could be; `poolcli <task> --dry-run` continues in `drivers.dry_run`)."""
+    """Everything a file run checks before its driver opens the output: configs, part and window sizes, input
+    (or pair job), model, output paths, calibration rows, plan and engine, output-range rows; every refusal here
+    has the exit code the run gives. Nothing is written and no weights are loaded (`dry_run`: nor is the
+    compiled-model cache created to see whether it could be; `poolcli <task> --dry-run` continues in
+    `drivers.dry_run`). The cheap refusals come first: everything up to the engine is checked before torch is
+    imported (the engine's loader imports it to decide device, dtype and backend)."""
     from poolcli.console import print_warning
-    from poolcli.engine.base import RowEngine
     from poolcli.io.readers import InputSpec, open_source
     from poolcli.model.resolve import resolve_model
 
@@ -96,6 +97,10 @@ def prepare_file_run(req: Request, *, warn: Callable[[str], None] | None = None,
     if driver is None:
         raise UsageError("a file run needs an input")
     eng = configs.engine
+    # Rows in windows and parts: a local run of a row task (a Ray run's parts are --batch-rows, its driver checks).
+    local_rows = req.task not in ("score", "rerank") and driver.engine != "ray"
+    if local_rows and driver.part_rows % eng.window_rows and driver.part_rows > eng.window_rows:
+        raise UsageError(f"--part-rows ({driver.part_rows}) must be a multiple of --window-rows ({eng.window_rows})")
     faults = Faults.from_env()
     job: PairJob | None = None
     if req.task in ("score", "rerank"):
@@ -108,6 +113,7 @@ def prepare_file_run(req: Request, *, warn: Callable[[str], None] | None = None,
         eng.model, hf_overrides=eng.hf_overrides, convert=eng.convert, max_model_len=eng.max_model_len
     )
     check_output_paths(driver, sources, model)
+    calibration = read_calibration(driver) if eng.quantize != "none" else None
     engine = file_engine(
         req.task,
         configs,
@@ -121,13 +127,15 @@ def prepare_file_run(req: Request, *, warn: Callable[[str], None] | None = None,
         from poolcli.console import print_info
 
         engine.info = print_info
-    if eng.quantize != "none":
-        engine.calibration = read_calibration(driver)
+    if calibration is not None:
+        from poolcli.engine.quantize import check_backend
+
+        check_backend(engine.loader)
+        engine.calibration = calibration
+    from poolcli.engine.base import RowEngine
+
     if isinstance(engine, RowEngine) and engine.scalar_output is not None:
         engine.range_sample = read_range_sample(driver, engine)
-    local_rows = job is None and driver.engine != "ray"  # a Ray run's parts are --batch-rows (its driver checks)
-    if local_rows and driver.part_rows % eng.window_rows and driver.part_rows > eng.window_rows:
-        raise UsageError(f"--part-rows ({driver.part_rows}) must be a multiple of --window-rows ({eng.window_rows})")
     return Prepared(configs, driver, sources, job, model, engine, faults)
 
 

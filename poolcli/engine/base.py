@@ -124,13 +124,21 @@ class TaskEngine(ABC):
     def empty_schema(self) -> pa.Schema:
         """The output schema when no row was written."""
 
+    @abstractmethod
+    def tokenizer_limit(self) -> int:
+        """Build the tokenizers the run uses, with their refusals (a limit that leaves no room for text, a prompt
+        that fills it); returns the token limit inputs are cut to. Needs no weights: `load` calls it before loading
+        any, and a dry run, which loads none, calls it too."""
+
     def load(self) -> None:
-        """Load the weights and set the threads (once)."""
+        """Load the weights and set the threads (once); the tokenizers first, so that what they refuse is refused
+        before any weights are loaded or converted."""
         if self._template is not None:
             return
         from poolcli.model.load import configure_threads
 
         started = time.monotonic()
+        self.tokenizer_limit()
         pad_id = self._load_model()
         self.threads = configure_threads(self.config.threads, self.loader.device)
         budget = self.config.max_batch_tokens or default_budget(self.loader.device)
@@ -271,6 +279,9 @@ class RowEngine(TaskEngine):
         if self._encoder is None:
             self._encoder = self._make_encoder()
         return self._encoder
+
+    def tokenizer_limit(self) -> int:
+        return self.encoder.max_tokens
 
     def prepare(self, texts: Sequence[str]) -> list[Encoded]:
         """Tokenize (the Rust tokenizer releases the GIL: a reader thread runs this ahead of the model)."""

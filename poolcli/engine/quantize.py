@@ -22,6 +22,7 @@ from poolcli.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
     from poolcli.engine.base import RowEngine
+    from poolcli.model.load import Loader
 
 CALIBRATION_ROWS = 300
 """Rows that calibrate the int8 ranges (NNCF's own default subset size)."""
@@ -86,6 +87,14 @@ def _samples(engine: RowEngine, texts: list[str]) -> list[list[np.ndarray]]:
         if ids.shape[1]:
             samples.append([ids, mask])
     return samples
+
+
+def check_backend(loader: Loader) -> None:
+    """--quantize int8 swaps a compiled body for its int8 version: refused before any weights are loaded when the
+    loader decided for torch (`--backend auto` on a GPU, without OpenVINO, for an architecture whose conversion is
+    not checked, ...), as `Loader.quantize` would refuse after loading them."""
+    if loader.backend.name == "torch":
+        raise UsageError("--quantize int8 needs the OpenVINO backend, and this model runs with torch")
 
 
 def quantize(engine: RowEngine) -> Fidelity:

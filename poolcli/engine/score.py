@@ -126,10 +126,17 @@ class ScoreEngine(TaskEngine):
         job = self.job
         return (job.groups[b - 1].stop - job.groups[a].start) if self.rerank and b > a else (b - a)
 
-    def _load_model(self) -> int:
-        from poolcli.engine.scorers import make_scorer
+    def tokenizer_limit(self) -> int:
+        if self.scorer is None:
+            from poolcli.engine.scorers import make_scorer
 
-        self.scorer = make_scorer(self)
+            self.scorer = make_scorer(self)
+        return self.scorer.max_tokens
+
+    def _load_model(self) -> int:
+        self.tokenizer_limit()
+        assert self.scorer is not None
+        self.scorer.load()
         return self.scorer.pad_id
 
     def run_units(

@@ -55,7 +55,13 @@ class Context(Protocol):
 
 
 class Scorer(Protocol):
+    """Built with its tokenizers only (what they refuse is refused before any weights); `load` loads the weights."""
+
     pad_id: int
+    max_tokens: int
+    """The token limit inputs are cut to (a dry run reports it)."""
+
+    def load(self) -> None: ...
 
     def score(self, pairs: list[tuple[str, str]], stop: StopCheck, on_batch: OnBatch) -> Scores: ...
 
@@ -66,13 +72,17 @@ class CrossEncoderScorer:
 
     def __init__(self, engine: Context) -> None:
         from poolcli.engine.tokenize import PairEncoder
+
+        self.engine = engine
+        self.encoder: PairEncoder = PairEncoder(engine.plan)
+        self.pad_id = self.encoder.pad_id
+        self.max_tokens = self.encoder.max_tokens
+
+    def load(self) -> None:
         from poolcli.pooler.dispatch import pooler_for
 
-        plan = engine.plan
-        self.engine = engine
-        self.encoder: PairEncoder = PairEncoder(plan)
-        self.pad_id = self.encoder.pad_id
-        self.model = engine.loader.logits_model(pad_id=self.pad_id)
+        plan = self.engine.plan
+        self.model = self.engine.loader.logits_model(pad_id=self.pad_id)
         self.pooler = pooler_for(
             "classify",
             activation=plan.activation,
@@ -194,9 +204,12 @@ class _TextScorer:
         self.query_encoder: RowEncoder = TextEncoder(self.plan)
         self.doc_encoder: RowEncoder = self.query_encoder
         self.pad_id = self.query_encoder.pad_id
-        self.body = engine.loader.hidden_state_model()
+        self.max_tokens = self.query_encoder.max_tokens
         self.queries = _TextCache()
         self.docs = self.queries
+
+    def load(self) -> None:
+        self.body = self.engine.loader.hidden_state_model()
 
     def _hidden(self, batch: Collated, float32: bool) -> Tensor:
         body = self.engine.loader.hidden_state_model(float32=True) if float32 else self.body
@@ -238,15 +251,15 @@ class BiEncoderScorer(_TextScorer):
     """Cosine of the two texts' embeddings (the full embed head: prompt, pooling, projector, normalize), in fp32
     inputs with a float64 dot product."""
 
-    def __init__(self, engine: Context) -> None:
+    def load(self) -> None:
         from poolcli.pooler.dispatch import pooler_for
 
-        super().__init__(engine)
+        super().load()
         params = self.plan.params
         self.pooler = pooler_for(
             "embed",
             modes=self.plan.pooling.modes,
-            projector=engine.loader.projector(),
+            projector=self.engine.loader.projector(),
             dimensions=params.dimensions,
             normalize=params.normalize,
             skip_prompt_tokens=self.query_encoder.prompt_tokens,
@@ -274,8 +287,6 @@ class LateInteractionScorer(_TextScorer):
     per_token = True
 
     def __init__(self, engine: Context) -> None:
-        from poolcli.pooler.dispatch import pooler_for
-
         super().__init__(engine)
         model = self.plan.model
         if model.colbert is not None:
@@ -289,10 +300,15 @@ class LateInteractionScorer(_TextScorer):
         else:
             self.skip_ids = frozenset()
         self.drop_first = model.bge_m3 is not None
-        self.pooler = pooler_for(
-            "token_embed", projector=engine.loader.token_projector(), normalize=self.plan.params.normalize
-        )
         self.by_length = engine.plan.maxsim_normalize
+
+    def load(self) -> None:
+        from poolcli.pooler.dispatch import pooler_for
+
+        super().load()
+        self.pooler = pooler_for(
+            "token_embed", projector=self.engine.loader.token_projector(), normalize=self.plan.params.normalize
+        )
 
     def _forward(self, batch: Collated, float32: bool) -> Tensor:
         hidden = self._hidden(batch, float32)
@@ -324,6 +340,7 @@ class LateInteractionScorer(_TextScorer):
 
 
 def make_scorer(engine: Context) -> Scorer:
+    """The plan's scorer with its tokenizers built and no weights loaded (`Scorer.load`)."""
     kind = engine.plan.score_type
     if kind == "cross-encoder":
         return CrossEncoderScorer(engine)
