@@ -254,10 +254,15 @@ class PartStore:
             return True, None
         state_fp = self._state_fingerprint()
         if state_fp is not None and state_fp != self.fingerprint and not overwrite:
-            raise ConfigError(
-                f"{lay.final} holds a run with a different fingerprint (model, options or input changed)",
-                hint="rerun the original command to finish it, or pass --overwrite",
-            )
+            committed = sum(1 for _ in lay.markers.glob("part-*.json")) if lay.markers.is_dir() else 0
+            if committed:
+                raise ConfigError(
+                    f"{lay.final} holds an unfinished run with a different fingerprint (model, options or input "
+                    f"changed) that has committed {committed} part(s)",
+                    hint="rerun the original command to finish it, or pass --overwrite",
+                )
+            # A run that committed nothing (refused or stopped before its first part) has nothing to keep: this
+            # run starts afresh in its place, as it would with --overwrite.
         if state_fp is None and self._foreign_output() and not overwrite:
             ours = lay.kind == "file" and final_file_fingerprint(lay.final) is not None
             raise ConfigError(

@@ -53,6 +53,17 @@ def test_a_prompt_that_fills_the_limit_is_refused_before_the_body(
     assert not (tmp_path / "a.parquet").exists() and not (tmp_path / "b.parquet").exists()
 
 
+def test_the_corrected_command_runs_where_a_refused_one_did_not(one_row: Path, tiny_bert: Path, tmp_path: Path) -> None:
+    """A run refused after taking its output (nothing committed) leaves nothing that refuses the corrected
+    command: it runs (not 78, "another fingerprint"), and its output is the only one there."""
+    out = tmp_path / "out.parquet"
+    refused = run_cli("embed", one_row, "-m", tiny_bert, "-o", out, "--backend", "torch", *PROMPT)
+    assert refused.returncode == 64, refused.stderr
+    fixed = run_cli("embed", one_row, "-m", tiny_bert, "-o", out, "--backend", "torch")
+    assert fixed.returncode == 0, fixed.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.parquet"]
+
+
 def test_a_colbert_role_without_room_is_refused_before_the_body(
     tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:

@@ -99,6 +99,19 @@ def test_fingerprint_guard_and_overwrite(tmp_path: Path) -> None:
     other.close()
 
 
+def test_a_run_that_committed_nothing_does_not_block_another(tmp_path: Path) -> None:
+    """A run refused or stopped before its first part leaves only its state: a run with another fingerprint (the
+    corrected command) starts afresh in its place instead of being refused."""
+    out = tmp_path / "out"
+    _store(out, fp="a").open(overwrite=False)  # opened, nothing committed, never closed cleanly
+    other = _store(out, fp="b")
+    assert other.open(overwrite=False) is False and other.done == {}
+    _commit(other, 0, [0])
+    other.close()
+    with pytest.raises(ConfigError, match="committed 1 part"):
+        _store(out, fp="c").open(overwrite=False)
+
+
 def test_one_run_per_output(tmp_path: Path) -> None:
     out = tmp_path / "out"
     first = _store(out)
