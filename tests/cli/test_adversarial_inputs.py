@@ -128,7 +128,8 @@ WINDOWS = st.integers(1, 4)
 
 
 def _run_opts(window: int) -> list[str]:
-    return ["--window-rows", str(window), "--part-rows", str(window * 2)]
+    # torch: these tests are about readers; tests/cli/test_backends.py checks OpenVINO's bodies
+    return ["--window-rows", str(window), "--part-rows", str(window * 2), "--backend", "torch"]
 
 
 # -- CSV / TSV -------------------------------------------------------------------------------------------------

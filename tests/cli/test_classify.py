@@ -63,7 +63,9 @@ def test_classify_parity_with_transformers(
     )
     src = write_jsonl(tmp_path / "in.jsonl", [{"id": f"r{i}", "text": t} for i, t in enumerate(TEXTS)])
     out, raw = tmp_path / "out.parquet", tmp_path / "raw.parquet"
-    proc = run_cli("classify", src, "-m", model_dir, "-o", out, "--max-batch-tokens", "100", "--top-k", "2")
+    proc = run_cli(
+        "classify", "--backend", "torch", src, "-m", model_dir, "-o", out, "--max-batch-tokens", "100", "--top-k", "2"
+    )
     assert proc.returncode == 0, proc.stderr
     logits = _logits(model_dir, TEXTS)
     expected = act(logits)  # type: ignore[operator]
@@ -72,7 +74,10 @@ def test_classify_parity_with_transformers(
     probs = np.asarray(table.column("probs").to_pylist(), dtype=np.float64)
     assert np.abs(probs - expected).max() < 1e-5
     if check_raw:  # --no-activation: the raw logits of the full model, its pooler layers included
-        assert run_cli("classify", src, "-m", model_dir, "-o", raw, "--no-activation").returncode == 0
+        assert (
+            run_cli("classify", "--backend", "torch", src, "-m", model_dir, "-o", raw, "--no-activation").returncode
+            == 0
+        )
         raw_probs = np.asarray(pq.read_table(raw).column("probs").to_pylist(), dtype=np.float64)
         assert np.abs(raw_probs - logits).max() < 1e-5
     labels = [f"class_{chr(ord('a') + i)}" for i in range(num_labels)]
@@ -99,7 +104,7 @@ def test_calibration_and_threshold(tmp_path: Path) -> None:
     src = write_jsonl(tmp_path / "in.jsonl", [{"text": t} for t in TEXTS])
     out = tmp_path / "cal.parquet"
     proc = run_cli(
-        "classify", src, "-m", model_dir, "-o", out, "--threshold", "0.3",
+        "classify", "--backend", "torch", src, "-m", model_dir, "-o", out, "--threshold", "0.3",
         "--pooler-config", '{"logit_mean": 0.25, "logit_sigma": 3.0}',
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -137,9 +142,11 @@ def test_convert_classify_runs_a_score_head_saved_under_a_generative_name(tmp_pa
     cfg["architectures"] = ["Qwen3ForCausalLM"]
     (model_dir / "config.json").write_text(json.dumps(cfg))
     src = write_jsonl(tmp_path / "in.jsonl", [{"text": t} for t in TEXTS])
-    proc = run_cli("classify", src, "-m", model_dir, "-o", tmp_path / "o.parquet")
+    proc = run_cli("classify", "--backend", "torch", src, "-m", model_dir, "-o", tmp_path / "o.parquet")
     assert proc.returncode == 78 and "--convert" in proc.stderr
     out = tmp_path / "c.parquet"
-    proc = run_cli("classify", src, "-m", model_dir, "--convert", "classify", "-o", out, "--no-activation")
+    proc = run_cli(
+        "classify", "--backend", "torch", src, "-m", model_dir, "--convert", "classify", "-o", out, "--no-activation"
+    )
     assert proc.returncode == 0, proc.stderr
     assert np.abs(np.asarray(pq.read_table(out).column("probs").to_pylist()) - expected).max() < 1e-5

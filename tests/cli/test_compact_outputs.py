@@ -35,23 +35,23 @@ def _stored(path: Path, column: str = "embedding") -> np.ndarray:
     return np.asarray(pq.read_table(path).column(column).to_pylist())
 
 
-def test_scalar_outputs_equal_sentence_transformers(minilm_path: Path, tmp_path: Path) -> None:
+def test_scalar_outputs_equal_sentence_transformers(tiny_bert: Path, tmp_path: Path) -> None:
     """Default calibration (the input's first rows): the stored buckets equal quantize_embeddings of the float32
     run's vectors calibrated on the same vectors; the ranges round-trip through the metadata and dequantize."""
     texts = _texts(40, seed=1)
     src = write_jsonl(tmp_path / "in.jsonl", [{"id": f"r{i}", "text": t} for i, t in enumerate(texts)])
     floats = tmp_path / "f.parquet"
-    assert run_cli("embed", src, "-m", minilm_path, "-o", floats).returncode == 0
+    assert run_cli("embed", src, "-m", tiny_bert, "-o", floats).returncode == 0
     _, vectors = read_vectors(floats)
     for precision in ("int8", "uint8"):
         out = tmp_path / f"{precision}.parquet"
-        proc = run_cli("embed", src, "-m", minilm_path, "-o", out, "--output-dtype", precision)
+        proc = run_cli("embed", src, "-m", tiny_bert, "-o", out, "--output-dtype", precision)
         assert proc.returncode == 0, proc.stderr
         assert "calibrated on 40 rows" in proc.stderr  # fewer than 100: the run says so, as ST does
         summary = summary_of(proc)["output_ranges"]
         assert summary == {"precision": precision, "rows": 40, "vectors": 40, "source": "input"}
         field = pq.read_schema(out).field("embedding")
-        assert str(field.type) == f"fixed_size_list<element: {precision}>[384]"
+        assert str(field.type) == f"fixed_size_list<element: {precision}>[32]"
         expected = quantize_embeddings(vectors, precision=precision, calibration_embeddings=vectors)
         got = _stored(out).astype(expected.dtype)
         np.testing.assert_array_equal(got, expected)
@@ -64,7 +64,7 @@ def test_scalar_outputs_equal_sentence_transformers(minilm_path: Path, tmp_path:
         buckets = got.astype(np.float32) + (128 if precision == "int8" else 0)
         assert np.all(np.abs(ranges[0] + (buckets + 0.5) * step - vectors) <= step * 0.5 + 1e-6)
     # JSONL on stdout: the same buckets, row by row.
-    proc = run_cli("embed", src, "-m", minilm_path, "-o", "-", "--output-dtype", "int8")
+    proc = run_cli("embed", src, "-m", tiny_bert, "-o", "-", "--output-dtype", "int8")
     assert proc.returncode == 0, proc.stderr
     streamed = [json.loads(line)["embedding"] for line in proc.stdout.splitlines()]
     np.testing.assert_array_equal(np.asarray(streamed), _stored(tmp_path / "int8.parquet"))

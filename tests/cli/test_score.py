@@ -119,7 +119,7 @@ def test_qwen3_reranker_preset_equals_the_lm_yes_no_softmax(tie: bool, tmp_path:
     rows = [{"query": q, "document": d} for q, d in pairs]
     out = tmp_path / "s.parquet"
     src = write_jsonl(tmp_path / "p.jsonl", rows)
-    proc = run_cli("score", src, "-m", model_dir, "--config", "qwen3-reranker", "-o", out)
+    proc = run_cli("score", "--backend", "torch", src, "-m", model_dir, "--config", "qwen3-reranker", "-o", out)
     assert proc.returncode == 0, proc.stderr
     preset = tomllib.loads((ROOT / "configs" / "qwen3-reranker.toml").read_text())["score"]
 
@@ -136,7 +136,18 @@ def test_qwen3_reranker_preset_equals_the_lm_yes_no_softmax(tie: bool, tmp_path:
     # Over a limit, the document loses its end and the template's suffix stays: the other pairs are unchanged.
     cut = tmp_path / "cut.parquet"
     proc = run_cli(
-        "score", src, "-m", model_dir, "--config", "qwen3-reranker", "-o", cut, "--truncate-prompt-tokens", "400"
+        "score",
+        "--backend",
+        "torch",
+        src,
+        "-m",
+        model_dir,
+        "--config",
+        "qwen3-reranker",
+        "-o",
+        cut,
+        "--truncate-prompt-tokens",
+        "400",
     )
     assert proc.returncode == 0, proc.stderr
     assert summary_of(proc)["truncated"] == 1
@@ -153,7 +164,16 @@ def test_single_token_llm_reranker_is_the_sigmoid_of_that_logit(tmp_path: Path) 
     out = tmp_path / "s.parquet"
     overrides = '{"architectures": ["Qwen3ForSequenceClassification"], "classifier_from_token": ["yes"]}'
     proc = run_cli(
-        "score", write_jsonl(tmp_path / "p.jsonl", rows), "-m", model_dir, "--hf-overrides", overrides, "-o", out
+        "score",
+        "--backend",
+        "torch",
+        write_jsonl(tmp_path / "p.jsonl", rows),
+        "-m",
+        model_dir,
+        "--hf-overrides",
+        overrides,
+        "-o",
+        out,
     )
     assert proc.returncode == 0, proc.stderr
     tok = AutoTokenizer.from_pretrained(str(model_dir))

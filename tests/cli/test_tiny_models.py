@@ -26,7 +26,8 @@ TEXTS = [
 def _embed(tmp_path: Path, model: Path, *extra: str, texts: list[str] = TEXTS) -> np.ndarray:
     src = write_jsonl(tmp_path / "in.jsonl", [{"id": i, "text": t} for i, t in enumerate(texts)])
     out = tmp_path / "out.parquet"
-    proc = run_cli("embed", src, "-o", out, "--model", model, "--max-batch-tokens", "64", *extra)
+    # torch: these tests are about pooling and heads; tests/cli/test_backends.py checks OpenVINO's bodies
+    proc = run_cli("embed", src, "-o", out, "--model", model, "--max-batch-tokens", "64", "--backend", "torch", *extra)
     assert proc.returncode == 0, proc.stderr
     ids, vectors = read_vectors(out)
     assert ids == list(range(len(texts)))
@@ -126,7 +127,7 @@ def test_matryoshka_from_config(tmp_path: Path) -> None:
     assert got.shape == (len(TEXTS), 16)
     assert np.abs(got - ref).max() < 1e-5
     src = write_jsonl(tmp_path / "one.jsonl", [{"text": "hello"}])
-    proc = run_cli("embed", src, "--model", model, "--dimensions", "12")
+    proc = run_cli("embed", "--backend", "torch", src, "--model", model, "--dimensions", "12")
     assert proc.returncode == 64
     assert "[8, 16, 32]" in proc.stderr
 

@@ -137,7 +137,7 @@ def test_process_reward_model_step_pooling(tmp_path: Path) -> None:
     texts = ["the cat sat, then the dog ran,", "no step tags here", ","]
     src = write_jsonl(tmp_path / "in.jsonl", [{"text": t} for t in texts])
     out = tmp_path / "out.parquet"
-    proc = run_cli("token-classify", src, "--model", path, "-o", out, "--step-tag-id", str(tag))
+    proc = run_cli("token-classify", "--backend", "torch", src, "--model", path, "-o", out, "--step-tag-id", str(tag))
     assert proc.returncode == 0, proc.stderr
     for text, row in zip(texts, _rows(out), strict=True):
         ids = tok(text)["input_ids"]
@@ -151,7 +151,18 @@ def test_process_reward_model_step_pooling(tmp_path: Path) -> None:
         assert np.abs(got - ref).max(initial=0) < 1e-5
     # returned_token_ids picks columns: one column left, so the activation is a sigmoid.
     proc = run_cli(
-        "token-classify", src, "--model", path, "-o", "-", "--step-tag-id", str(tag), "--returned-token-ids", "1"
+        "token-classify",
+        "--backend",
+        "torch",
+        src,
+        "--model",
+        path,
+        "-o",
+        "-",
+        "--step-tag-id",
+        str(tag),
+        "--returned-token-ids",
+        "1",
     )
     assert proc.returncode == 0, proc.stderr
     first = json.loads(proc.stdout.splitlines()[0])
@@ -173,7 +184,20 @@ def test_causal_lm_step_pooling_reads_lm_head_rows(tmp_path: Path) -> None:
     src = write_jsonl(tmp_path / "in.jsonl", [{"text": t} for t in texts])
     cfg = json.dumps({"pooling_type": "STEP", "step_tag_id": tag, "returned_token_ids": [good, bad]})
     out = tmp_path / "out.parquet"
-    proc = run_cli("token-classify", src, "--model", path, "--convert", "classify", "--pooler-config", cfg, "-o", out)
+    proc = run_cli(
+        "token-classify",
+        "--backend",
+        "torch",
+        src,
+        "--model",
+        path,
+        "--convert",
+        "classify",
+        "--pooler-config",
+        cfg,
+        "-o",
+        out,
+    )
     assert proc.returncode == 0, proc.stderr
     lm = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
     rows = _rows(out)
@@ -185,7 +209,18 @@ def test_causal_lm_step_pooling_reads_lm_head_rows(tmp_path: Path) -> None:
         assert np.abs(np.array(row["probs"]).reshape(-1, 2) - ref).max(initial=0) < 1e-5
     assert len(rows[0]["probs"]) == 2 and rows[1]["probs"] == []
     # Without returned_token_ids there is no classifier to read.
-    proc = run_cli("token-classify", src, "--model", path, "--convert", "classify", "-o", tmp_path / "x.parquet")
+    proc = run_cli(
+        "token-classify",
+        "--backend",
+        "torch",
+        src,
+        "--model",
+        path,
+        "--convert",
+        "classify",
+        "-o",
+        tmp_path / "x.parquet",
+    )
     assert proc.returncode == 64 and "returned_token_ids" in proc.stderr
 
 
@@ -196,7 +231,7 @@ def test_decoder_sequence_classifier_scores_every_token(tmp_path: Path) -> None:
     path = models.build_classifier(tmp_path / "q3", family="qwen3", num_labels=3)
     src = write_jsonl(tmp_path / "in.jsonl", [{"text": t} for t in TEXTS[:2]])
     out = tmp_path / "out.parquet"
-    proc = run_cli("token-classify", src, "--model", path, "-o", out)
+    proc = run_cli("token-classify", "--backend", "torch", src, "--model", path, "-o", out)
     assert proc.returncode == 0, proc.stderr
     tok = AutoTokenizer.from_pretrained(str(path))
     model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=torch.float32).eval()

@@ -147,14 +147,16 @@ def test_values_past_float16_are_their_own_error_not_a_nan(tmp_path: Path, tiny_
     model.save_pretrained(str(big))
     src = write_jsonl(tmp_path / "in.jsonl", [{"text": "a cat"}, {"text": "the dog"}])
     out = tmp_path / "half.parquet"
-    proc = run_cli("token-embed", src, "-m", big, "--no-normalize", "-o", out)
+    proc = run_cli("token-embed", "--backend", "torch", src, "-m", big, "--no-normalize", "-o", out)
     assert proc.returncode == 0, proc.stderr
     assert "RuntimeWarning" not in proc.stderr
     errors = [json.loads(line) for line in (tmp_path / "half.errors.jsonl").read_text().splitlines()]
     assert [e["code"] for e in errors] == ["NONFINITE_OUTPUT"] * 2
     assert "past the range of float16; --output-dtype float32 keeps them" in errors[0]["message"]
     wide = tmp_path / "wide.parquet"
-    proc = run_cli("token-embed", src, "-m", big, "--no-normalize", "--output-dtype", "float32", "-o", wide)
+    proc = run_cli(
+        "token-embed", "--backend", "torch", src, "-m", big, "--no-normalize", "--output-dtype", "float32", "-o", wide
+    )
     assert proc.returncode == 0 and pq.read_table(wide).num_rows == 2
     vectors = np.concatenate(
         [np.asarray(v, dtype=np.float32) for v in pq.read_table(wide).column("embeddings").to_pylist()]
