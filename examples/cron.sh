@@ -19,7 +19,7 @@
 # Exit status:   0    done (the summary line goes to stdout; bad input rows, if any, also get a line on stderr),
 #                     or skipped because another run holds the output
 #                75   never: that is the skip
-#                else poolcli's own code (see "Exit codes" in the README), with poolcli's message and a line
+#                else poolcli's own code (see docs/exit-codes.md), with poolcli's message and a line
 #                     naming the command on stderr. After 130/143 (stopped by a signal) and 137 (killed) the
 #                     next tick resumes by itself, after 74 (I/O: disk full) once there is room; the others
 #                     (64 usage, 65 data, 66 no input, 73 cannot create, 78 config, 70 internal) need a person.
