@@ -345,6 +345,9 @@ def build(req: Request) -> Configs:
 def _check_quantize(req: Request) -> None:
     """int8 is for embed's dense vectors on the local driver; its options mean nothing without it."""
     defaults = Request(task=req.task)
+    if req.calibration == "-":
+        # Standard input is the input's (or nobody's): rows read from it to calibrate would be lost to the run.
+        raise UsageError("--calibration needs a file: standard input cannot be read for calibration")
     scalar = req.output_dtype in ("int8", "uint8")
     if scalar:
         _check_scalar_output(req)

@@ -7,6 +7,7 @@ anything is written.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -228,6 +229,8 @@ def read_calibration(driver: DriverConfig) -> Calibration:
     def first(path: str, n: int) -> list[str]:
         return _first_texts(path, driver.text_field, n)
 
+    if driver.calibration is not None:
+        _check_calibration_file(driver.calibration)
     if driver.calibration is None:
         texts, holdout = split_sample(first(driver.inputs[0], CALIBRATION_ROWS + HOLDOUT_ROWS))
         return Calibration(texts, holdout, "input")
@@ -246,8 +249,26 @@ def read_range_sample(driver: DriverConfig, engine: RowEngine) -> RangeSample:
     from poolcli.io.vectors import has_column, read_vectors
 
     path = driver.calibration
+    if path is not None:
+        _check_calibration_file(path)
     if path is not None and has_column(path, engine.value_column):
         vectors, rows = read_vectors(path, engine.value_column, engine.builder.dim, RANGE_ROWS)
         return RangeSample([], vectors, rows, path)
     texts = _first_texts(path or driver.inputs[0], driver.text_field, RANGE_ROWS)
+    if path is not None and not texts:
+        raise UsageError(
+            f"--calibration {path}: no usable rows (texts in --text-field {driver.text_field!r}, or vectors in "
+            f"{engine.value_column!r})"
+        )
+    # An input with no good row at all (read to its end) gets an empty output, which needs no ranges.
     return RangeSample(texts, None, len(texts), path or "input")
+
+
+def _check_calibration_file(path: str) -> None:
+    """A --calibration path that is not there is named as such (not as "input")."""
+    import glob
+
+    from poolcli.errors import NoInputError
+
+    if not os.path.exists(path) and not glob.glob(path):
+        raise NoInputError(f"--calibration {path} does not exist")

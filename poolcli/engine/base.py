@@ -163,7 +163,8 @@ class TaskEngine(ABC):
 
             if self.range_sample is None:
                 raise UsageError(f"--output-dtype {self.scalar_output} needs calibration rows")
-            self.use_ranges(calibrate(self, self.range_sample, self.scalar_output))
+            if self.range_sample.rows:  # none: the input has no good row, its output is empty
+                self.use_ranges(calibrate(self, self.range_sample, self.scalar_output))
         for level, text in self.loader.take_notes():
             (self.warn if level == "warn" else self.info)(text)
         self.load_seconds = round(time.monotonic() - started, 3)

@@ -262,7 +262,8 @@ class PartStore:
                     hint="rerun the original command to finish it, or pass --overwrite",
                 )
             # A run that committed nothing (refused or stopped before its first part) has nothing to keep: this
-            # run starts afresh in its place, as it would with --overwrite.
+            # run starts afresh in its place, unless what the output holds besides it is another command's.
+            state_fp = None
         if state_fp is None and self._foreign_output() and not overwrite:
             ours = lay.kind == "file" and final_file_fingerprint(lay.final) is not None
             raise ConfigError(

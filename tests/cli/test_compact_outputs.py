@@ -187,3 +187,46 @@ def test_in_memory_calls_refuse_scalar_outputs(tiny_bert: Path) -> None:
     assert model.embed(["the quick fox"], output_dtype="ubinary").shape == (1, 4)
     with pytest.raises(UsageError, match="in-memory calls"):
         model.embed(["the quick fox"], output_dtype="int8")
+
+
+def test_calibration_files_that_cannot_calibrate(tiny_bert: Path, tmp_path: Path) -> None:
+    """Each refused before the model is loaded, the same in a dry run, on one line naming --calibration; a directory
+    output (and a glob of its parts) calibrates like the single file."""
+    src = write_jsonl(tmp_path / "in.jsonl", [{"text": t} for t in _texts(6, seed=7)])
+    args = ("embed", src, "-m", tiny_bert, "--output-dtype", "int8")
+    junk = tmp_path / "junk.parquet"
+    junk.write_bytes(b"not parquet")
+    scalar = tmp_path / "scalar.jsonl"
+    scalar.write_text(json.dumps({"embedding": 1.5}) + "\n")
+    nan = tmp_path / "nan.jsonl"
+    nan.write_text(json.dumps({"embedding": [float("nan")] * 32}).replace("NaN", "NaN") + "\n")
+    empty = write_jsonl(tmp_path / "empty.jsonl", [{"text": ""}])
+    cases = [("-", 64, "needs a file"), (junk, 65, "not a readable Parquet"), (scalar, 65, "not a list of numbers")]
+    cases += [(tmp_path / "missing.jsonl", 66, "--calibration"), (empty, 64, "no usable rows")]
+    for calibration, code, message in cases:
+        for extra in ((), ("--dry-run",)):
+            proc = run_cli(*args, "-o", tmp_path / "o.parquet", "--calibration", calibration, *extra)
+            assert proc.returncode == code and message in proc.stderr, (calibration, extra, proc.stderr)
+            assert "Traceback" not in proc.stderr and not (tmp_path / "o.parquet").exists()
+    floats = tmp_path / "f32"
+    assert (
+        run_cli("embed", src, "-m", tiny_bert, "-o", f"{floats}/", "--part-rows", "2", "--window-rows", "2").returncode
+        == 0
+    )
+    outs = []
+    for calibration in (floats, f"{floats}/part-*.parquet"):
+        out = tmp_path / f"q{len(outs)}.parquet"
+        proc = run_cli(*args, "-o", out, "--calibration", calibration)
+        assert proc.returncode == 0, proc.stderr
+        assert _ranges(out)["rows"] == 6
+        outs.append(pq.read_table(out).column("embedding").to_pylist())
+    assert outs[0] == outs[1]
+
+
+def test_an_input_without_a_good_row_needs_no_ranges(tiny_bert: Path, tmp_path: Path) -> None:
+    """As with float32, an input whose rows are all bad gives an empty output (exit 0), not a calibration error."""
+    src = write_jsonl(tmp_path / "in.jsonl", [{"text": ""}, {"id": 3}])
+    out = tmp_path / "o.parquet"
+    proc = run_cli("embed", src, "-m", tiny_bert, "-o", out, "--output-dtype", "uint8")
+    assert proc.returncode == 0, proc.stderr
+    assert pq.read_table(out).num_rows == 0 and summary_of(proc)["errors"] == 2

@@ -112,6 +112,20 @@ def test_a_run_that_committed_nothing_does_not_block_another(tmp_path: Path) -> 
         _store(out, fp="c").open(overwrite=False)
 
 
+def test_a_stale_state_does_not_hide_another_commands_output(tmp_path: Path) -> None:
+    """A finished output of one command, then a run of another that committed nothing: a third command is still
+    refused (the finished output is not its own), as if that state were not there."""
+    out = tmp_path / "out.parquet"
+    first = _store(out, fp="a")
+    first.open(overwrite=False)
+    _commit(first, 0, [0])
+    first.finish(1, SCHEMA, None)
+    first.close()
+    _store(out, fp="b").open(overwrite=True)  # took the output, committed nothing
+    with pytest.raises(ConfigError, match="already exists and holds"):
+        _store(out, fp="c").open(overwrite=False)
+
+
 def test_one_run_per_output(tmp_path: Path) -> None:
     out = tmp_path / "out"
     first = _store(out)
