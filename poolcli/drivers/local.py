@@ -172,7 +172,10 @@ def run_local(
                         loaded = True
                         if engine.fidelity is not None:
                             # Outside the fingerprint: measured after it was fixed, and not a choice of the user's.
-                            store.metadata[b"poolcli_quantization"] = msgspec.json.encode(engine.fidelity)
+                            # Its timing stays in the summary: parts of a resumed run keep the same bytes.
+                            measured = msgspec.to_builtins(engine.fidelity)
+                            measured.pop("seconds", None)
+                            store.metadata[b"poolcli_quantization"] = msgspec.json.encode(measured)
                         ranges = getattr(engine, "output_ranges", None)
                         if ranges is not None:
                             store.metadata[RANGES_KEY] = msgspec.json.encode(ranges)

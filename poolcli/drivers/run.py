@@ -195,8 +195,14 @@ def check_output_paths(driver: DriverConfig, sources: list[Source], model: Resol
     """Before anything is written: no output, state or error path of this run may be (or hold) an input; the
     model's files count as inputs too."""
     from poolcli.drivers.local import default_errors_path, output_kind
-    from poolcli.io.safety import check_paths
+    from poolcli.errors import CantCreateError
+    from poolcli.io.safety import check_paths, probe_dir
 
+    if driver.errors is not None:
+        # Found now, not after every row is computed and the commit of the error rows fails.
+        problem = probe_dir(Path(driver.errors).parent)
+        if problem is not None:
+            raise CantCreateError(f"cannot create --errors {driver.errors}: {problem.strerror or problem}")
     model_files = [str(p) for p in Path(model.root).rglob("*") if p.is_file()] if model.root else []
     check_paths(
         [f for s in sources for f in s.files] + model_files,

@@ -149,9 +149,15 @@ def test_bad_truncate_prompt_tokens(one_row: Path) -> None:
     assert "256" in line
 
 
-def test_output_in_unwritable_place(one_row: Path) -> None:
+def test_output_in_unwritable_place(one_row: Path, tmp_path: Path) -> None:
     line = _one_line_error(run_cli("embed", one_row, "-o", "/proc/poolcli/out.parquet"), 73)
     assert "/proc/poolcli" in line
+    # An error file that cannot be created: refused before any row is computed, dry or real, nothing written.
+    for extra in ((), ("--dry-run",)):
+        out = tmp_path / "out.parquet"
+        args = ("embed", one_row, "-o", out, "--errors", "/proc/poolcli/errors.jsonl", *extra)
+        line = _one_line_error(run_cli(*args), 73)
+        assert "--errors /proc/poolcli/errors.jsonl" in line and not list(tmp_path.iterdir())
 
 
 def test_stop_with_stdin_still_open_exits_cleanly(tmp_path: Path) -> None:

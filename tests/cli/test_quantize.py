@@ -34,7 +34,7 @@ def test_minilm_int8_is_calibrated_checked_and_recorded(minilm_path: Path, tmp_p
     assert proc.returncode == 0, proc.stderr
     summary = summary_of(proc)
     recorded = _quantization(out)
-    assert summary["quantization"] == recorded
+    assert {k: v for k, v in summary["quantization"].items() if k != "seconds"} == recorded  # timing: summary only
     # 120 rows: the first 90 calibrate, the last 30 are held out (split_sample).
     assert (recorded["calibration_rows"], recorded["holdout_rows"], recorded["calibration_source"]) == (90, 30, "input")
     # The gate, and a mean near the 0.995 the benchmark measures with the full 300 calibration rows.
