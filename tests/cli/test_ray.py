@@ -263,15 +263,10 @@ def test_stopped_and_killed_jobs_resume_only_missing_parts(cluster: Any, st_mode
     _same_output(local, out)
     assert _errors(out / "_errors.jsonl") == _errors(local / "_errors.jsonl")
 
-    # Another option against the same output: the fingerprint guard, then --overwrite.
+    # Another option against the same output: the fingerprint guard (--overwrite's recompute is the store's, shared
+    # with the local driver and tested there).
     changed = run_cli("embed", src, "-m", model, "-o", f"{out}/", *RAY, "--no-normalize")
     assert changed.returncode == 78, changed.stderr
-    assert (
-        _ok(run_cli("embed", src, "-m", model, "-o", f"{out}/", *RAY1, "--no-normalize", "--overwrite"))[
-            "rows_computed"
-        ]
-        == 256 - 2  # two error rows
-    )
 
 
 # -- the stage for users' own pipelines ----------------------------------------------------------------------------
