@@ -184,20 +184,8 @@ def test_causal_lm_step_pooling_reads_lm_head_rows(tmp_path: Path) -> None:
     src = write_jsonl(tmp_path / "in.jsonl", [{"text": t} for t in texts])
     cfg = json.dumps({"pooling_type": "STEP", "step_tag_id": tag, "returned_token_ids": [good, bad]})
     out = tmp_path / "out.parquet"
-    proc = run_cli(
-        "token-classify",
-        "--backend",
-        "torch",
-        src,
-        "--model",
-        path,
-        "--convert",
-        "classify",
-        "--pooler-config",
-        cfg,
-        "-o",
-        out,
-    )
+    args = ("token-classify", "--backend", "torch", src, "--model", path, "--convert", "classify")
+    proc = run_cli(*args, "--pooler-config", cfg, "-o", out)
     assert proc.returncode == 0, proc.stderr
     lm = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
     rows = _rows(out)
@@ -209,18 +197,7 @@ def test_causal_lm_step_pooling_reads_lm_head_rows(tmp_path: Path) -> None:
         assert np.abs(np.array(row["probs"]).reshape(-1, 2) - ref).max(initial=0) < 1e-5
     assert len(rows[0]["probs"]) == 2 and rows[1]["probs"] == []
     # Without returned_token_ids there is no classifier to read.
-    proc = run_cli(
-        "token-classify",
-        "--backend",
-        "torch",
-        src,
-        "--model",
-        path,
-        "--convert",
-        "classify",
-        "-o",
-        tmp_path / "x.parquet",
-    )
+    proc = run_cli(*args, "-o", tmp_path / "x.parquet")
     assert proc.returncode == 64 and "returned_token_ids" in proc.stderr
 
 
